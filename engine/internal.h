@@ -1,0 +1,55 @@
+/* Shared helpers for the engine's C modules. Not part of the public ABI. */
+#ifndef MOONOPS_INTERNAL_H
+#define MOONOPS_INTERNAL_H
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#define MOONOPS_VERSION "0.1.0"
+
+/* Push nil and a formatted message; returns 2 so callers can `return mo_fail(...)`. */
+int mo_fail(lua_State *L, const char *fmt, ...);
+
+/* Push nil, a message from errno prefixed by `what`, and the errno name as a code. */
+int mo_fail_errno(lua_State *L, const char *what);
+
+/*
+ * Resources are full userdata holding one pointer. `mo_newhandle` pushes a
+ * closed handle with metatable `tname`; `mo_checkhandle` raises "use of a
+ * closed <label>" when the pointer has been NULLed by the closer.
+ */
+void **mo_newhandle(lua_State *L, size_t size, const char *tname);
+void *mo_checkhandle(lua_State *L, int idx, const char *tname, const char *label);
+
+/* Register a metatable with methods, __index = methods, __gc and __close = closer. */
+void mo_newclass(lua_State *L, const char *tname, const luaL_Reg *methods, lua_CFunction closer);
+
+/* Call the function at the top of the stack with nargs under a traceback handler. */
+int mo_pcall(lua_State *L, int nargs, int nresults);
+
+/* Optional field helpers for option tables (idx must be absolute). */
+const char *mo_optfield_string(lua_State *L, int idx, const char *key, const char *def);
+lua_Integer mo_optfield_integer(lua_State *L, int idx, const char *key, lua_Integer def);
+lua_Number mo_optfield_number(lua_State *L, int idx, const char *key, lua_Number def);
+int mo_optfield_boolean(lua_State *L, int idx, const char *key, int def);
+
+/* The one metatable that marks a Lua table as an array (YAML sequences, JSON
+ * arrays); `engine.array_mt` in Lua. */
+void mo_push_array_mt(lua_State *L);
+void mo_mark_array(lua_State *L, int idx);
+
+/* Module openers, registered in package.preload by vm.c. */
+int luaopen_moonops_engine(lua_State *L);
+int luaopen_moonops_crypto(lua_State *L);
+int luaopen_moonops_fs(lua_State *L);
+int luaopen_moonops_proc(lua_State *L);
+int luaopen_moonops_store(lua_State *L);
+int luaopen_moonops_yaml(lua_State *L);
+int luaopen_moonops_config(lua_State *L);
+int luaopen_moonops_git(lua_State *L);
+int luaopen_moonops_http(lua_State *L);
+int luaopen_moonops_server(lua_State *L);
+int luaopen_moonops_notify(lua_State *L);
+
+#endif

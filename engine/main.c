@@ -1,0 +1,36 @@
+/* moonops: hand argv to lua/moonops/cli.lua and exit with what it returns. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "internal.h"
+#include "moonops/moonops.h"
+
+int main(int argc, char **argv) {
+  lua_State *L = moonops_vm_new();
+  if (L == NULL) {
+    fputs("moonops: out of memory\n", stderr);
+    return 1;
+  }
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "moonops.cli");
+  if (mo_pcall(L, 1, 1) != LUA_OK) {
+    fprintf(stderr, "moonops: cannot load the Lua library from %s: %s\n", moonops_lua_dir(),
+            lua_tostring(L, -1));
+    lua_close(L);
+    return 1;
+  }
+  lua_getfield(L, -1, "main");
+  lua_createtable(L, argc, 0);
+  for (int i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i);
+  }
+  int code = 1;
+  if (mo_pcall(L, 1, 1) != LUA_OK) {
+    fprintf(stderr, "moonops: %s\n", lua_tostring(L, -1));
+  } else {
+    code = (int)luaL_optinteger(L, -1, 0);
+  }
+  lua_close(L);
+  return code;
+}
