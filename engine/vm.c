@@ -132,6 +132,7 @@ static const luaL_Reg preloads[] = {
     {"moonops.http", luaopen_moonops_http},
     {"moonops.server", luaopen_moonops_server},
     {"moonops.notify", luaopen_moonops_notify},
+    {"moonops.native", luaopen_moonops_native},
     {NULL, NULL},
 };
 

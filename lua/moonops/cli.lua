@@ -278,6 +278,7 @@ function M.context(name, gopts, positionals)
         local settings = require "moonops.settings"
         local s = settings.load(t.config_path)
         rawset(t, "settings", s)
+        require("moonops.plugins").load_enabled(s)
         return s
       elseif k == "store" then
         local db = require "moonops.db"
@@ -423,6 +424,14 @@ local function dispatch(args, first, gopts)
     return run_recipe(rname, r, args, first + 2, gopts)
   end
   local r, err = recipe.load(name)
+  if not r and err == "not found" then
+    -- a recipe registered by a plugin enabled in moonops.yml
+    local path = M.config_path(gopts)
+    if require("moonops.fs").stat(path) then
+      require("moonops.plugins").load_enabled(require("moonops.settings").load(path))
+      r, err = recipe.load(name)
+    end
+  end
   if not r then
     if err ~= "not found" then errors.raise(err, errors.FAILURE) end
     local names = {}
@@ -450,6 +459,7 @@ function M.main(argv)
   log.configure({ format = gopts["log-format"], level = gopts.debug and "debug" or "info", quiet = gopts.quiet })
   term.set_quiet(gopts.quiet)
   if #gopts.recipes > 0 then recipe.add_dirs(gopts.recipes) end
+  if #gopts.plugins > 0 then require("moonops.plugins").add_dirs(gopts.plugins) end
   M.global = gopts
 
   local results = table.pack(xpcall(dispatch, function(e)
