@@ -1,7 +1,1636 @@
-/* moonops.git (to be written) */
+/*
+ * moonops.git: repositories on libgit2. Open, clone, fetch, merge in memory,
+ * push with an expected old value, export trees, read files, diff, log.
+ *
+ * libgit2 is initialised once per process (the only process-wide state).
+ * Network callbacks run on the calling thread, so a Lua progress function is
+ * called through a protected trampoline; an error in it aborts the operation.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <git2.h>
+
 #include "internal.h"
 
-int luaopen_moonops_git(lua_State *L) {
+#define REPO_MT "moonops.git.repo"
+#define MAX_AUTH_ATTEMPTS 3
+#define SHA_HEX (GIT_OID_HEXSZ + 1)
+
+static pthread_once_t git_once = PTHREAD_ONCE_INIT;
+
+static void git_global_init(void) {
+  git_libgit2_init();
+}
+
+/* ---- messages ------------------------------------------------------------ */
+
+/*
+ * Copy `in` to `out` dropping the userinfo of every URL ("https://user:tok@h/"
+ * -> "https://h/"), so credentials never reach a message.
+ */
+static void redact(const char *in, char *out, size_t size) {
+  size_t o = 0;
+  if (size == 0) return;
+  while (*in && o + 1 < size) {
+    if (in[0] == ':' && in[1] == '/' && in[2] == '/') {
+      for (int k = 0; k < 3 && o + 1 < size; k++)
+        out[o++] = *in++;
+      const char *end = in;
+      while (*end && *end != '/' && *end != ' ' && *end != '\'' && *end != '"' && *end != '\n')
+        end++;
+      const char *at = NULL;
+      for (const char *p = in; p < end; p++)
+        if (*p == '@') at = p;
+      if (at) in = at + 1;
+      continue;
+    }
+    out[o++] = *in++;
+  }
+  out[o] = '\0';
+}
+
+/* Push `s` with every occurrence of `secret` replaced by "***". */
+static void push_masked(lua_State *L, const char *s, const char *secret) {
+  if (secret && strlen(secret) >= 4 && strstr(s, secret)) {
+    luaL_gsub(L, s, secret, "***");
+  } else {
+    lua_pushstring(L, s);
+  }
+}
+
+static const char *code_name(int rc) {
+  switch (rc) {
+  case GIT_ENOTFOUND: return "ENOTFOUND";
+  case GIT_EEXISTS: return "EEXIST";
+  case GIT_EAUTH: return "EAUTH";
+  case GIT_ECONFLICT: return "ECONFLICT";
+  case GIT_ENONFASTFORWARD: return "EREJECTED";
+  case GIT_EUNBORNBRANCH: return "EUNBORN";
+  case GIT_EMODIFIED: return "EMOVED";
+  case GIT_EINVALIDSPEC: return "EINVAL";
+  case GIT_ECERTIFICATE: return "ECERT";
+  default: return "EGIT";
+  }
+}
+
+/*
+ * Return nil, "<what>: <reason>", code. `reason` is ours when given, else
+ * libgit2's last error. URLs are redacted and `secret` masked in the result.
+ */
+static int fail_with(lua_State *L, int rc, const char *secret, const char *reason, const char *code,
+                     const char *fmt, ...) {
+  char what[1024], why[2048], line[3200];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
+  if (reason == NULL || reason[0] == '\0') {
+    const git_error *e = git_error_last();
+    reason = (e && e->message && e->message[0]) ? e->message : "unknown libgit2 error";
+  }
+  redact(reason, why, sizeof why);
+  size_t n = strlen(why);
+  while (n > 0 && (why[n - 1] == '\n' || why[n - 1] == '.' || why[n - 1] == ' '))
+    why[--n] = '\0';
+  snprintf(line, sizeof line, "%s: %s", what, why);
+  redact(line, line, sizeof line); /* in-place is safe: output never outgrows input */
+  lua_pushnil(L);
+  push_masked(L, line, secret);
+  lua_pushstring(L, code ? code : code_name(rc));
+  return 3;
+}
+
+#define fail_git(L, rc, ...) fail_with(L, rc, NULL, NULL, NULL, __VA_ARGS__)
+
+/* ---- handles ------------------------------------------------------------- */
+
+static git_repository *check_repo(lua_State *L, int idx) {
+  return *(git_repository **)mo_checkhandle(L, idx, REPO_MT, "git repository");
+}
+
+static int repo_close(lua_State *L) {
+  git_repository **h = luaL_checkudata(L, 1, REPO_MT);
+  if (*h) {
+    git_repository_free(*h);
+    *h = NULL;
+  }
+  return 0;
+}
+
+static int repo_tostring(lua_State *L) {
+  git_repository **h = luaL_checkudata(L, 1, REPO_MT);
+  if (*h)
+    lua_pushfstring(L, "git repository (%s)", git_repository_path(*h));
+  else
+    lua_pushliteral(L, "git repository (closed)");
+  return 1;
+}
+
+static void push_oid(lua_State *L, const git_oid *id) {
+  char hex[SHA_HEX];
+  git_oid_tostr(hex, sizeof hex, id);
+  lua_pushstring(L, hex);
+}
+
+/* Resolve `rev` (sha, ref, revspec) to the commit it names. */
+static int lookup_commit(git_commit **out, git_repository *repo, const char *rev) {
+  git_object *obj = NULL;
+  int rc = git_revparse_single(&obj, repo, rev);
+  if (rc < 0) return rc;
+  rc = git_object_peel((git_object **)out, obj, GIT_OBJECT_COMMIT);
+  git_object_free(obj);
+  return rc;
+}
+
+static int lookup_tree(git_tree **out, git_repository *repo, const char *rev) {
+  git_object *obj = NULL;
+  int rc = git_revparse_single(&obj, repo, rev);
+  if (rc < 0) return rc;
+  rc = git_object_peel((git_object **)out, obj, GIT_OBJECT_TREE);
+  git_object_free(obj);
+  return rc;
+}
+
+/* ---- network: credentials, progress, push status ------------------------ */
+
+typedef struct {
+  lua_State *L;
+  int progress; /* stack index of a Lua function, or 0 */
+  const char *username, *token, *ssh_key, *ssh_pubkey, *ssh_passphrase;
+  int attempts;
+  int moved;
+  int has_expect;
+  git_oid expect;
+  char failure[1024];  /* our reason when a callback aborted */
+  char rejected[1024]; /* "<ref>: <status>" of the first rejected ref */
+  char remote_msg[512];
+} netctx;
+
+typedef struct {
+  const char *phase;
+  const char *names[8];
+  lua_Integer values[8];
+  int n;
+} progress_event;
+
+/* Trampoline run under lua_pcall: build the event table and call the user's function. */
+static int progress_trampoline(lua_State *L) {
+  const progress_event *ev = lua_touserdata(L, 2);
+  lua_createtable(L, 0, ev->n + 1);
+  lua_pushstring(L, ev->phase);
+  lua_setfield(L, -2, "phase");
+  for (int i = 0; i < ev->n; i++) {
+    lua_pushinteger(L, ev->values[i]);
+    lua_setfield(L, -2, ev->names[i]);
+  }
+  lua_replace(L, 2);
+  lua_call(L, 1, 0);
+  return 0;
+}
+
+static int report_progress(netctx *n, const progress_event *ev) {
+  lua_State *L = n->L;
+  if (!n->progress) return 0;
+  if (!lua_checkstack(L, 4)) return 0;
+  lua_pushcfunction(L, progress_trampoline);
+  lua_pushvalue(L, n->progress);
+  lua_pushlightuserdata(L, (void *)ev);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+    const char *msg = lua_tostring(L, -1);
+    snprintf(n->failure, sizeof n->failure, "progress callback failed: %s",
+             msg ? msg : "(error object is not a string)");
+    lua_pop(L, 1);
+    return GIT_EUSER;
+  }
+  return 0;
+}
+
+static int on_transfer(const git_indexer_progress *p, void *payload) {
+  progress_event ev = {"receiving",
+                       {"received_objects", "total_objects", "indexed_objects", "received_bytes",
+                        "indexed_deltas", "total_deltas"},
+                       {p->received_objects, p->total_objects, p->indexed_objects,
+                        (lua_Integer)p->received_bytes, p->indexed_deltas, p->total_deltas},
+                       6};
+  if (p->total_objects > 0 && p->received_objects == p->total_objects) ev.phase = "resolving";
+  return report_progress(payload, &ev);
+}
+
+static int on_push_transfer(unsigned int current, unsigned int total, size_t bytes, void *payload) {
+  progress_event ev = {
+      "pushing", {"current", "total", "bytes"}, {current, total, (lua_Integer)bytes}, 3};
+  return report_progress(payload, &ev);
+}
+
+static int on_sideband(const char *str, int len, void *payload) {
+  netctx *n = payload;
+  size_t have = strlen(n->remote_msg);
+  size_t room = sizeof n->remote_msg - 1 - have;
+  size_t take = (size_t)len < room ? (size_t)len : room;
+  memcpy(n->remote_msg + have, str, take);
+  n->remote_msg[have + take] = '\0';
+  return 0;
+}
+
+static int on_credentials(git_credential **out, const char *url, const char *user_from_url,
+                          unsigned int allowed, void *payload) {
+  netctx *n = payload;
+  char safe[512];
+  redact(url, safe, sizeof safe);
+  if (++n->attempts > MAX_AUTH_ATTEMPTS) {
+    snprintf(n->failure, sizeof n->failure,
+             "authentication failed for %s after %d attempts (credentials rejected)", safe,
+             MAX_AUTH_ATTEMPTS);
+    return GIT_EAUTH;
+  }
+  const char *user = n->username ? n->username : user_from_url;
+  if ((allowed & GIT_CREDENTIAL_USERPASS_PLAINTEXT) && n->token)
+    return git_credential_userpass_plaintext_new(out, user ? user : "x-access-token", n->token);
+  if (allowed & GIT_CREDENTIAL_SSH_KEY) {
+    if (n->ssh_key)
+      return git_credential_ssh_key_new(out, user ? user : "git", n->ssh_pubkey, n->ssh_key,
+                                        n->ssh_passphrase);
+    return git_credential_ssh_key_from_agent(out, user ? user : "git");
+  }
+  if ((allowed & GIT_CREDENTIAL_USERNAME) && user) return git_credential_username_new(out, user);
+  snprintf(n->failure, sizeof n->failure,
+           "authentication required for %s and no credentials given (pass a token or set "
+           "$MOONOPS_GIT_TOKEN)",
+           safe);
+  return GIT_EAUTH;
+}
+
+static int on_push_update(const char *refname, const char *status, void *payload) {
+  netctx *n = payload;
+  if (status && n->rejected[0] == '\0') snprintf(n->rejected, sizeof n->rejected, "%s", status);
+  (void)refname;
+  return 0;
+}
+
+static int on_negotiation(const git_push_update **updates, size_t len, void *payload) {
+  netctx *n = payload;
+  if (!n->has_expect) return 0;
+  for (size_t i = 0; i < len; i++) {
+    if (!git_oid_equal(&updates[i]->src, &n->expect)) {
+      char found[SHA_HEX], want[SHA_HEX];
+      git_oid_tostr(found, sizeof found, &updates[i]->src);
+      git_oid_tostr(want, sizeof want, &n->expect);
+      snprintf(n->failure, sizeof n->failure, "target moved: %s is at %.12s, expected %.12s",
+               updates[i]->dst_refname, git_oid_is_zero(&updates[i]->src) ? "(none)" : found, want);
+      n->moved = 1;
+      return GIT_EUSER;
+    }
+  }
+  return 0;
+}
+
+/*
+ * Read credentials and progress from the options table at `opts` (0 = none).
+ * Leaves the credentials table on the stack (it anchors the strings).
+ */
+static void netctx_init(lua_State *L, netctx *n, int opts) {
+  memset(n, 0, sizeof *n);
+  n->L = L;
+  const char *env = getenv("MOONOPS_GIT_TOKEN");
+  n->token = (env && *env) ? env : NULL;
+  if (opts == 0) {
+    lua_pushnil(L);
+    return;
+  }
+  if (lua_getfield(L, opts, "progress") != LUA_TNIL) {
+    if (!lua_isfunction(L, -1)) luaL_error(L, "option 'progress' must be a function");
+    n->progress = lua_absindex(L, -1);
+  } else {
+    lua_pop(L, 1);
+  }
+  int t = lua_getfield(L, opts, "credentials");
+  if (t == LUA_TTABLE) {
+    int c = lua_absindex(L, -1);
+    n->username = mo_optfield_string(L, c, "username", NULL);
+    const char *tok = mo_optfield_string(L, c, "token", NULL);
+    if (tok && *tok) n->token = tok;
+    n->ssh_key = mo_optfield_string(L, c, "ssh_key", NULL);
+    n->ssh_pubkey = mo_optfield_string(L, c, "ssh_public_key", NULL);
+    n->ssh_passphrase = mo_optfield_string(L, c, "ssh_passphrase", NULL);
+  } else if (t != LUA_TNIL) {
+    luaL_error(L, "option 'credentials' must be a table");
+  }
+}
+
+static void netctx_callbacks(netctx *n, git_remote_callbacks *cb) {
+  cb->credentials = on_credentials;
+  cb->transfer_progress = on_transfer;
+  cb->push_transfer_progress = on_push_transfer;
+  cb->sideband_progress = on_sideband;
+  cb->push_update_reference = on_push_update;
+  cb->push_negotiation = on_negotiation;
+  cb->payload = n;
+}
+
+/* Fail a network operation: our callback's reason wins over libgit2's message. */
+static int fail_net(lua_State *L, int rc, netctx *n, const char *op, const char *target) {
+  char safe[512];
+  redact(target, safe, sizeof safe);
+  const char *code = NULL;
+  if (n->moved)
+    code = "EMOVED";
+  else if (rc == GIT_EAUTH || (n->attempts > MAX_AUTH_ATTEMPTS))
+    code = "EAUTH";
+  return fail_with(L, rc, n->token, n->failure, code, "%s %s", op, safe);
+}
+
+/* Build a git_strarray over a Lua list of strings at `idx` (0 or nil: empty). */
+static void check_strarray(lua_State *L, int idx, git_strarray *out, const char *what) {
+  out->count = 0;
+  out->strings = NULL;
+  if (idx == 0 || lua_isnoneornil(L, idx)) return;
+  luaL_argexpected(L, lua_istable(L, idx), idx, "table of strings");
+  size_t len = lua_rawlen(L, idx);
+  if (len == 0) return;
+  out->strings = lua_newuserdatauv(L, len * sizeof(char *), 0); /* freed by Lua */
+  for (size_t i = 0; i < len; i++) {
+    lua_rawgeti(L, idx, (lua_Integer)i + 1);
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "%s[%d] must be a string", what, (int)i + 1);
+    out->strings[i] = (char *)lua_tostring(L, -1);
+    lua_pop(L, 1); /* anchored by the table */
+  }
+  out->count = len;
+}
+
+/* Look up a named remote, or make an anonymous one for a URL or path. */
+static int open_remote(git_remote **out, git_repository *repo, const char *name, int *named) {
+  int valid = 0;
+  *named = 0;
+  if (git_remote_name_is_valid(&valid, name) == 0 && valid &&
+      git_remote_lookup(out, repo, name) == 0) {
+    *named = 1;
+    return 0;
+  }
+  git_error_clear();
+  return git_remote_create_anonymous(out, repo, name);
+}
+
+/* ---- module functions ---------------------------------------------------- */
+
+/* git.open(path) -> repo | nil, err */
+static int git_open(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  git_repository **h = (git_repository **)mo_newhandle(L, sizeof *h, REPO_MT);
+  int rc = git_repository_open_ext(h, path, GIT_REPOSITORY_OPEN_NO_SEARCH, NULL);
+  if (rc < 0) {
+    *h = NULL;
+    return fail_git(L, rc, "open %s", path);
+  }
+  return 1;
+}
+
+/* git.init(path [, {bare=, branch=}]) -> repo | nil, err */
+static int git_init(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  int opts = lua_istable(L, 2) ? 2 : 0;
+  git_repository_init_options io;
+  git_repository_init_options_init(&io, GIT_REPOSITORY_INIT_OPTIONS_VERSION);
+  io.flags = GIT_REPOSITORY_INIT_MKPATH;
+  if (opts) {
+    if (mo_optfield_boolean(L, opts, "bare", 0)) io.flags |= GIT_REPOSITORY_INIT_BARE;
+    io.initial_head = mo_optfield_string(L, opts, "branch", NULL);
+  }
+  git_repository **h = (git_repository **)mo_newhandle(L, sizeof *h, REPO_MT);
+  int rc = git_repository_init_ext(h, path, &io);
+  if (rc < 0) {
+    *h = NULL;
+    return fail_git(L, rc, "init %s", path);
+  }
+  return 1;
+}
+
+/* git.clone(url, path [, {bare=, branch=, credentials=, progress=}]) -> repo | nil, err */
+static int git_clone_(lua_State *L) {
+  const char *url = luaL_checkstring(L, 1);
+  const char *path = luaL_checkstring(L, 2);
+  int opts = lua_istable(L, 3) ? 3 : 0;
+  netctx n;
+  netctx_init(L, &n, opts);
+  git_clone_options co;
+  git_clone_options_init(&co, GIT_CLONE_OPTIONS_VERSION);
+  if (opts) {
+    co.bare = mo_optfield_boolean(L, opts, "bare", 0);
+    co.checkout_branch = mo_optfield_string(L, opts, "branch", NULL);
+  }
+  netctx_callbacks(&n, &co.fetch_opts.callbacks);
+  git_repository **h = (git_repository **)mo_newhandle(L, sizeof *h, REPO_MT);
+  int rc = git_clone(h, url, path, &co);
+  if (rc < 0) {
+    *h = NULL;
+    return fail_net(L, rc, &n, "clone", url);
+  }
+  return 1;
+}
+
+/* git.redact_url(url) -> url without userinfo */
+static int git_redact_url(lua_State *L) {
+  size_t len;
+  const char *url = luaL_checklstring(L, 1, &len);
+  char *out = lua_newuserdatauv(L, len + 1, 0);
+  redact(url, out, len + 1);
+  lua_pushstring(L, out);
+  return 1;
+}
+
+/* ---- repository: inspection ---------------------------------------------- */
+
+/* repo:path() -> path of the .git directory (or the bare repository) */
+static int repo_path(lua_State *L) {
+  lua_pushstring(L, git_repository_path(check_repo(L, 1)));
+  return 1;
+}
+
+/* repo:workdir() -> path | nil (bare) */
+static int repo_workdir(lua_State *L) {
+  const char *w = git_repository_workdir(check_repo(L, 1));
+  if (w)
+    lua_pushstring(L, w);
+  else
+    lua_pushnil(L);
+  return 1;
+}
+
+/* repo:head() -> {ref=, branch=, commit=, unborn=, detached=} | nil, err */
+static int repo_head(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  git_reference *head = NULL;
+  int rc = git_repository_head(&head, repo);
+  lua_createtable(L, 0, 5);
+  if (rc == GIT_EUNBORNBRANCH || rc == GIT_ENOTFOUND) {
+    git_reference *sym = NULL;
+    git_error_clear();
+    if (git_reference_lookup(&sym, repo, "HEAD") == 0 &&
+        git_reference_type(sym) == GIT_REFERENCE_SYMBOLIC) {
+      const char *target = git_reference_symbolic_target(sym);
+      lua_pushstring(L, target);
+      lua_setfield(L, -2, "ref");
+      if (strncmp(target, "refs/heads/", 11) == 0) {
+        lua_pushstring(L, target + 11);
+        lua_setfield(L, -2, "branch");
+      }
+    }
+    git_reference_free(sym);
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "unborn");
+    return 1;
+  }
+  if (rc < 0) return fail_git(L, rc, "read HEAD of %s", git_repository_path(repo));
+  int detached = git_repository_head_detached(repo) == 1;
+  lua_pushstring(L, detached ? "HEAD" : git_reference_name(head));
+  lua_setfield(L, -2, "ref");
+  if (!detached && git_reference_is_branch(head)) {
+    lua_pushstring(L, git_reference_shorthand(head));
+    lua_setfield(L, -2, "branch");
+  }
+  push_oid(L, git_reference_target(head));
+  lua_setfield(L, -2, "commit");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "unborn");
+  lua_pushboolean(L, detached);
+  lua_setfield(L, -2, "detached");
+  git_reference_free(head);
+  return 1;
+}
+
+/* repo:resolve(rev) -> sha | nil, err (tags are peeled to what they point at) */
+static int repo_resolve(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  const char *rev = luaL_checkstring(L, 2);
+  git_object *obj = NULL, *peeled = NULL;
+  int rc = git_revparse_single(&obj, repo, rev);
+  if (rc < 0) return fail_git(L, rc, "resolve %s", rev);
+  if (git_object_type(obj) == GIT_OBJECT_TAG &&
+      git_object_peel(&peeled, obj, GIT_OBJECT_ANY) == 0) {
+    push_oid(L, git_object_id(peeled));
+    git_object_free(peeled);
+  } else {
+    push_oid(L, git_object_id(obj));
+  }
+  git_object_free(obj);
+  return 1;
+}
+
+static const char *status_name(unsigned int s) {
+  if (s & GIT_STATUS_CONFLICTED) return "conflicted";
+  if (s & (GIT_STATUS_INDEX_RENAMED | GIT_STATUS_WT_RENAMED)) return "renamed";
+  if (s & (GIT_STATUS_INDEX_TYPECHANGE | GIT_STATUS_WT_TYPECHANGE)) return "typechange";
+  if (s & (GIT_STATUS_INDEX_DELETED | GIT_STATUS_WT_DELETED)) return "deleted";
+  if (s & (GIT_STATUS_INDEX_MODIFIED | GIT_STATUS_WT_MODIFIED)) return "modified";
+  if (s & GIT_STATUS_INDEX_NEW) return "added";
+  if (s & GIT_STATUS_WT_NEW) return "untracked";
+  if (s & GIT_STATUS_IGNORED) return "ignored";
+  return "unchanged";
+}
+
+/* Collect status entries; pushes the list, returns count or a negative libgit2 code. */
+static int collect_status(lua_State *L, git_repository *repo, int untracked, int limit) {
+  git_status_options so;
+  git_status_options_init(&so, GIT_STATUS_OPTIONS_VERSION);
+  git_status_list *list = NULL;
+  so.show = GIT_STATUS_SHOW_INDEX_AND_WORKDIR;
+  so.flags = GIT_STATUS_OPT_EXCLUDE_SUBMODULES;
+  if (untracked)
+    so.flags |= GIT_STATUS_OPT_INCLUDE_UNTRACKED | GIT_STATUS_OPT_RECURSE_UNTRACKED_DIRS;
+  int rc = git_status_list_new(&list, repo, &so);
+  if (rc < 0) return rc;
+  size_t count = git_status_list_entrycount(list);
+  if (limit > 0 && count > (size_t)limit) count = (size_t)limit;
+  lua_createtable(L, (int)count, 0);
+  for (size_t i = 0; i < count; i++) {
+    const git_status_entry *e = git_status_byindex(list, i);
+    const git_diff_delta *d = e->head_to_index ? e->head_to_index : e->index_to_workdir;
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, d->new_file.path ? d->new_file.path : d->old_file.path);
+    lua_setfield(L, -2, "path");
+    lua_pushstring(L, status_name(e->status));
+    lua_setfield(L, -2, "status");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  mo_mark_array(L, -1);
+  git_status_list_free(list);
+  return (int)count;
+}
+
+/* repo:status([{untracked=true}]) -> list {path=, status=} | nil, err */
+static int repo_status(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  int untracked = lua_istable(L, 2) ? mo_optfield_boolean(L, 2, "untracked", 1) : 1;
+  if (git_repository_is_bare(repo))
+    return mo_fail(L, "status of %s: bare repository", git_repository_path(repo));
+  int rc = collect_status(L, repo, untracked, 0);
+  if (rc < 0) return fail_git(L, rc, "status of %s", git_repository_workdir(repo));
+  return 1;
+}
+
+/* repo:is_clean([{untracked=true}]) -> bool | nil, err (untracked files count unless
+ * untracked=false) */
+static int repo_is_clean(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  int untracked = lua_istable(L, 2) ? mo_optfield_boolean(L, 2, "untracked", 1) : 1;
+  if (git_repository_is_bare(repo)) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  int rc = collect_status(L, repo, untracked, 1);
+  if (rc < 0) return fail_git(L, rc, "status of %s", git_repository_workdir(repo));
+  lua_pushboolean(L, rc == 0);
+  return 1;
+}
+
+/* repo:state() -> "none" | "merge" | "revert" | "cherry-pick" | "bisect" | "rebase" | ... */
+static int repo_state(lua_State *L) {
+  const char *s;
+  switch (git_repository_state(check_repo(L, 1))) {
+  case GIT_REPOSITORY_STATE_NONE: s = "none"; break;
+  case GIT_REPOSITORY_STATE_MERGE: s = "merge"; break;
+  case GIT_REPOSITORY_STATE_REVERT:
+  case GIT_REPOSITORY_STATE_REVERT_SEQUENCE: s = "revert"; break;
+  case GIT_REPOSITORY_STATE_CHERRYPICK:
+  case GIT_REPOSITORY_STATE_CHERRYPICK_SEQUENCE: s = "cherry-pick"; break;
+  case GIT_REPOSITORY_STATE_BISECT: s = "bisect"; break;
+  case GIT_REPOSITORY_STATE_REBASE: s = "rebase"; break;
+  case GIT_REPOSITORY_STATE_REBASE_INTERACTIVE: s = "rebase-interactive"; break;
+  case GIT_REPOSITORY_STATE_REBASE_MERGE: s = "rebase-merge"; break;
+  case GIT_REPOSITORY_STATE_APPLY_MAILBOX:
+  case GIT_REPOSITORY_STATE_APPLY_MAILBOX_OR_REBASE: s = "apply-mailbox"; break;
+  default: s = "unknown"; break;
+  }
+  lua_pushstring(L, s);
+  return 1;
+}
+
+/* ---- repository: remotes ------------------------------------------------- */
+
+/* repo:remote_add(name, url) -> true | nil, err */
+static int repo_remote_add(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  const char *name = luaL_checkstring(L, 2);
+  const char *url = luaL_checkstring(L, 3);
+  git_remote *remote = NULL;
+  int rc = git_remote_create(&remote, repo, name, url);
+  if (rc < 0) return fail_git(L, rc, "add remote %s", name);
+  git_remote_free(remote);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* repo:remote_set_url(name, url) -> true | nil, err */
+static int repo_remote_set_url(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  const char *name = luaL_checkstring(L, 2);
+  const char *url = luaL_checkstring(L, 3);
+  int rc = git_remote_set_url(repo, name, url);
+  if (rc == 0) rc = git_remote_set_pushurl(repo, name, NULL);
+  if (rc < 0) return fail_git(L, rc, "set url of remote %s", name);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* repo:remotes() -> list {name=, url=} */
+static int repo_remotes(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  git_strarray names = {NULL, 0};
+  int rc = git_remote_list(&names, repo);
+  if (rc < 0) return fail_git(L, rc, "list remotes of %s", git_repository_path(repo));
+  lua_createtable(L, (int)names.count, 0);
+  for (size_t i = 0; i < names.count; i++) {
+    git_remote *r = NULL;
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, names.strings[i]);
+    lua_setfield(L, -2, "name");
+    if (git_remote_lookup(&r, repo, names.strings[i]) == 0 && git_remote_url(r)) {
+      lua_pushstring(L, git_remote_url(r));
+      lua_setfield(L, -2, "url");
+    }
+    git_remote_free(r);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  git_strarray_dispose(&names);
+  mo_mark_array(L, -1);
+  return 1;
+}
+
+/* repo:fetch(remote_or_url [, refspecs [, {credentials=, progress=, prune=, tags=}]]) -> true |
+ * nil, err */
+static int repo_fetch(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  const char *name = luaL_checkstring(L, 2);
+  int opts = lua_istable(L, 4) ? 4 : 0;
+  git_strarray specs;
+  check_strarray(L, lua_isnoneornil(L, 3) ? 0 : 3, &specs, "refspecs");
+  netctx n;
+  netctx_init(L, &n, opts);
+  git_fetch_options fo;
+  git_fetch_options_init(&fo, GIT_FETCH_OPTIONS_VERSION);
+  netctx_callbacks(&n, &fo.callbacks);
+  if (opts) {
+    int prune = mo_optfield_boolean(L, opts, "prune", 0);
+    fo.prune = prune ? GIT_FETCH_PRUNE : GIT_FETCH_PRUNE_UNSPECIFIED;
+    if (lua_getfield(L, opts, "tags") != LUA_TNIL)
+      fo.download_tags =
+          lua_toboolean(L, -1) ? GIT_REMOTE_DOWNLOAD_TAGS_ALL : GIT_REMOTE_DOWNLOAD_TAGS_NONE;
+    lua_pop(L, 1);
+  }
+  git_remote *remote = NULL;
+  int named;
+  int rc = open_remote(&remote, repo, name, &named);
+  if (rc < 0) return fail_git(L, rc, "fetch %s", name);
+  rc = git_remote_fetch(remote, specs.count ? &specs : NULL, &fo, NULL);
+  git_remote_free(remote);
+  if (rc < 0) return fail_net(L, rc, &n, "fetch", name);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* repo:ls_remote(remote_or_url [, {credentials=}]) -> list {name=, sha=} | nil, err */
+static int repo_ls_remote(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  const char *name = luaL_checkstring(L, 2);
+  int opts = lua_istable(L, 3) ? 3 : 0;
+  netctx n;
+  netctx_init(L, &n, opts);
+  git_remote_callbacks cb;
+  git_remote_init_callbacks(&cb, GIT_REMOTE_CALLBACKS_VERSION);
+  netctx_callbacks(&n, &cb);
+  git_remote *remote = NULL;
+  int named;
+  int rc = open_remote(&remote, repo, name, &named);
+  if (rc < 0) return fail_git(L, rc, "list %s", name);
+  const git_remote_head **heads = NULL;
+  size_t count = 0;
+  rc = git_remote_connect(remote, GIT_DIRECTION_FETCH, &cb, NULL, NULL);
+  if (rc == 0) rc = git_remote_ls(&heads, &count, remote);
+  if (rc < 0) {
+    git_remote_free(remote);
+    return fail_net(L, rc, &n, "list", name);
+  }
+  lua_createtable(L, (int)count, 0);
+  for (size_t i = 0; i < count; i++) {
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, heads[i]->name);
+    lua_setfield(L, -2, "name");
+    push_oid(L, &heads[i]->oid);
+    lua_setfield(L, -2, "sha");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  mo_mark_array(L, -1);
+  git_remote_free(remote);
+  return 1;
+}
+
+/* Parse an expected old value: a full sha, a revision, or "" / zeros for "must not exist". */
+static int parse_expect(git_repository *repo, const char *s, git_oid *out) {
+  if (s[0] == '\0') {
+    memset(out, 0, sizeof *out);
+    return 0;
+  }
+  if (strlen(s) == GIT_OID_HEXSZ && git_oid_fromstr(out, s) == 0) return 0;
+  git_object *obj = NULL;
+  int rc = git_revparse_single(&obj, repo, s);
+  if (rc < 0) return rc;
+  git_oid_cpy(out, git_object_id(obj));
+  git_object_free(obj);
+  return 0;
+}
+
+/*
+ * repo:push(remote_or_url, refspecs [, {expect=old_sha, credentials=, progress=}]) -> true | nil,
+ * err, code code "EMOVED" when the remote ref is not at `expect`, "EREJECTED" when the server
+ * refused it.
+ */
+static int repo_push(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  const char *name = luaL_checkstring(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  int opts = lua_istable(L, 4) ? 4 : 0;
+  git_strarray specs;
+  check_strarray(L, 3, &specs, "refspecs");
+  if (specs.count == 0) return luaL_argerror(L, 3, "at least one refspec");
+  netctx n;
+  netctx_init(L, &n, opts);
+  const char *expect = opts ? mo_optfield_string(L, opts, "expect", NULL) : NULL;
+  if (expect) {
+    if (parse_expect(repo, expect, &n.expect) < 0)
+      return fail_git(L, GIT_ENOTFOUND, "push %s: expected value %s", name, expect);
+    n.has_expect = 1;
+  }
+  git_push_options po;
+  git_push_options_init(&po, GIT_PUSH_OPTIONS_VERSION);
+  netctx_callbacks(&n, &po.callbacks);
+  git_remote *remote = NULL;
+  int named;
+  int rc = open_remote(&remote, repo, name, &named);
+  if (rc < 0) return fail_git(L, rc, "push %s", name);
+  rc = git_remote_push(remote, &specs, &po);
+  git_remote_free(remote);
+
+  char target[1200], safe[512];
+  redact(name, safe, sizeof safe);
+  const char *dst = strchr(specs.strings[0], ':');
+  snprintf(target, sizeof target, "%s %s", safe, dst ? dst + 1 : specs.strings[0]);
+  if (rc == GIT_ENONFASTFORWARD)
+    return fail_with(L, rc, n.token, "rejected (non-fast-forward)", "EREJECTED", "push %s", target);
+  if (rc < 0) return fail_net(L, rc, &n, "push", target);
+  if (n.rejected[0]) {
+    char reason[1600];
+    size_t m = strlen(n.remote_msg);
+    while (m > 0 && (n.remote_msg[m - 1] == '\n' || n.remote_msg[m - 1] == '\r' ||
+                     n.remote_msg[m - 1] == ' '))
+      n.remote_msg[--m] = '\0';
+    for (char *p = n.remote_msg; *p; p++)
+      if (*p == '\n' || *p == '\r') *p = ' ';
+    if (m)
+      snprintf(reason, sizeof reason, "rejected (%s; remote: %s)", n.rejected, n.remote_msg);
+    else
+      snprintf(reason, sizeof reason, "rejected (%s)", n.rejected);
+    return fail_with(L, 0, n.token, reason, "EREJECTED", "push %s", target);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* ---- repository: history and trees --------------------------------------- */
+
+/* repo:merge_base(a, b) -> sha | nil (unrelated) | nil, err */
+static int repo_merge_base(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  const char *a = luaL_checkstring(L, 2), *b = luaL_checkstring(L, 3);
+  git_commit *ca = NULL, *cb = NULL;
+  git_oid base;
+  int rc = lookup_commit(&ca, repo, a);
+  if (rc < 0) return fail_git(L, rc, "merge base: resolve %s", a);
+  rc = lookup_commit(&cb, repo, b);
+  if (rc < 0) {
+    git_commit_free(ca);
+    return fail_git(L, rc, "merge base: resolve %s", b);
+  }
+  rc = git_merge_base(&base, repo, git_commit_id(ca), git_commit_id(cb));
+  git_commit_free(ca);
+  git_commit_free(cb);
+  if (rc == GIT_ENOTFOUND) {
+    git_error_clear();
+    lua_pushnil(L);
+    return 1;
+  }
+  if (rc < 0) return fail_git(L, rc, "merge base of %s and %s", a, b);
+  push_oid(L, &base);
+  return 1;
+}
+
+static const char *delta_change(git_delta_t s) {
+  switch (s) {
+  case GIT_DELTA_ADDED:
+  case GIT_DELTA_COPIED:
+  case GIT_DELTA_UNTRACKED: return "added";
+  case GIT_DELTA_DELETED: return "deleted";
+  case GIT_DELTA_RENAMED: return "renamed";
+  default: return "modified";
+  }
+}
+
+/* Push the list of changed files between two trees (either may be NULL). */
+static int push_diff(lua_State *L, git_repository *repo, git_tree *a, git_tree *b, int renames,
+                     int stats) {
+  git_diff *diff = NULL;
+  git_diff_options dopt;
+  git_diff_options_init(&dopt, GIT_DIFF_OPTIONS_VERSION);
+  int rc = git_diff_tree_to_tree(&diff, repo, a, b, &dopt);
+  if (rc < 0) return rc;
+  if (renames) {
+    git_diff_find_options fo;
+    git_diff_find_options_init(&fo, GIT_DIFF_FIND_OPTIONS_VERSION);
+    fo.flags = GIT_DIFF_FIND_RENAMES;
+    if ((rc = git_diff_find_similar(diff, &fo)) < 0) {
+      git_diff_free(diff);
+      return rc;
+    }
+  }
+  size_t count = git_diff_num_deltas(diff);
+  lua_createtable(L, (int)count, 0);
+  for (size_t i = 0; i < count; i++) {
+    const git_diff_delta *d = git_diff_get_delta(diff, i);
+    size_t adds = 0, dels = 0;
+    int binary = (d->flags & GIT_DIFF_FLAG_BINARY) != 0;
+    if (stats) {
+      git_patch *patch = NULL;
+      if (git_patch_from_diff(&patch, diff, i) == 0) {
+        if (patch) git_patch_line_stats(NULL, &adds, &dels, patch);
+        binary = (git_patch_get_delta(patch)->flags & GIT_DIFF_FLAG_BINARY) != 0;
+        git_patch_free(patch);
+      }
+    }
+    lua_createtable(L, 0, 7);
+    const char *path = d->status == GIT_DELTA_DELETED ? d->old_file.path : d->new_file.path;
+    lua_pushstring(L, path);
+    lua_setfield(L, -2, "path");
+    if (d->status == GIT_DELTA_RENAMED) {
+      lua_pushstring(L, d->old_file.path);
+      lua_setfield(L, -2, "old_path");
+    }
+    lua_pushstring(L, delta_change(d->status));
+    lua_setfield(L, -2, "status");
+    lua_pushstring(L, delta_change(d->status));
+    lua_setfield(L, -2, "change");
+    if (stats) {
+      lua_pushinteger(L, (lua_Integer)adds);
+      lua_setfield(L, -2, "additions");
+      lua_pushinteger(L, (lua_Integer)dels);
+      lua_setfield(L, -2, "deletions");
+      lua_pushboolean(L, binary);
+      lua_setfield(L, -2, "binary");
+    }
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  mo_mark_array(L, -1);
+  git_diff_free(diff);
+  return 0;
+}
+
+/* repo:diff(a, b [, {renames=true}]) -> list {path=, old_path=, status=, additions=, deletions=,
+ * binary=} | nil, err `a` may be nil (the empty tree). */
+static int repo_diff(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  const char *a = luaL_optstring(L, 2, NULL);
+  const char *b = luaL_checkstring(L, 3);
+  int renames = lua_istable(L, 4) ? mo_optfield_boolean(L, 4, "renames", 1) : 1;
+  git_tree *ta = NULL, *tb = NULL;
+  int rc = 0;
+  if (a && (rc = lookup_tree(&ta, repo, a)) < 0) return fail_git(L, rc, "diff: resolve %s", a);
+  if ((rc = lookup_tree(&tb, repo, b)) < 0) {
+    git_tree_free(ta);
+    return fail_git(L, rc, "diff: resolve %s", b);
+  }
+  rc = push_diff(L, repo, ta, tb, renames, 1);
+  git_tree_free(ta);
+  git_tree_free(tb);
+  if (rc < 0) return fail_git(L, rc, "diff %s %s", a ? a : "(empty)", b);
+  return 1;
+}
+
+static const char *conflict_kind(git_repository *repo, const git_index_entry *anc,
+                                 const git_index_entry *ours, const git_index_entry *theirs,
+                                 git_tree *our_tree, git_tree *their_tree) {
+  const git_index_entry *any = ours ? ours : theirs ? theirs : anc;
+  if ((ours && ours->mode == GIT_FILEMODE_COMMIT) ||
+      (theirs && theirs->mode == GIT_FILEMODE_COMMIT))
+    return "submodule";
+  if (anc && ours && !theirs) return "modify/delete";
+  if (anc && !ours && theirs) return "delete/modify";
+  if (!anc && ours && theirs) return "add/add";
+  if (anc && ours && theirs) return "content";
+  /* one side only, no ancestor: a directory on the other side, or a rename */
+  git_tree_entry *te = NULL;
+  git_tree *other = ours ? their_tree : our_tree;
+  const char *kind = "rename";
+  if (other && git_tree_entry_bypath(&te, other, any->path) == 0) {
+    if (git_tree_entry_type(te) == GIT_OBJECT_TREE) kind = "file/directory";
+    git_tree_entry_free(te);
+  }
+  git_error_clear();
+  (void)repo;
+  return kind;
+}
+
+static void push_entry_id(lua_State *L, const git_index_entry *e, const char *key) {
+  if (!e) return;
+  push_oid(L, &e->id);
+  lua_setfield(L, -2, key);
+}
+
+static int make_signature(lua_State *L, git_repository *repo, int opts, const char *key,
+                          git_signature **out) {
+  if (opts && lua_getfield(L, opts, key) == LUA_TTABLE) {
+    int t = lua_absindex(L, -1);
+    const char *name = mo_optfield_string(L, t, "name", "moonops");
+    const char *email = mo_optfield_string(L, t, "email", "moonops@localhost");
+    lua_Integer when = mo_optfield_integer(L, t, "time", -1);
+    int rc = when >= 0 ? git_signature_new(out, name, email, (git_time_t)when, 0)
+                       : git_signature_now(out, name, email);
+    lua_pop(L, 1);
+    return rc;
+  }
+  if (opts) lua_pop(L, 1);
+  if (git_signature_default(out, repo) == 0) return 0;
+  git_error_clear();
+  return git_signature_now(out, "moonops", "moonops@localhost");
+}
+
+/* Set result.files to the changes from `from` to `to_tree` (added/modified/deleted). */
+static int set_files(lua_State *L, git_repository *repo, git_commit *from, git_tree *to_tree) {
+  git_tree *ft = NULL;
+  int rc = git_commit_tree(&ft, from);
+  if (rc < 0) return rc;
+  rc = push_diff(L, repo, ft, to_tree, 0, 0);
+  git_tree_free(ft);
+  if (rc < 0) return rc;
+  lua_setfield(L, -2, "files");
+  return 0;
+}
+
+/*
+ * repo:merge(ours, theirs [, {favor="theirs"|"ours"|"union", allow_unrelated=, message=, author=,
+ * no_ff=}])
+ *   -> {commit=, tree=, up_to_date=, fast_forward=, unrelated=, base=, conflicts={{path=, kind=,
+ * ours=, theirs=}}, files=} | nil, err, code Computed in memory; no ref, index or file is touched.
+ * With conflicts, commit is nil.
+ */
+static int repo_merge(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  const char *ours_rev = luaL_checkstring(L, 2);
+  const char *theirs_rev = luaL_checkstring(L, 3);
+  int opts = lua_istable(L, 4) ? 4 : 0;
+  const char *favor = opts ? mo_optfield_string(L, opts, "favor", "normal") : "normal";
+  int allow_unrelated = opts ? mo_optfield_boolean(L, opts, "allow_unrelated", 0) : 0;
+  int no_ff = opts ? mo_optfield_boolean(L, opts, "no_ff", 0) : 0;
+  const char *message = opts ? mo_optfield_string(L, opts, "message", NULL) : NULL;
+
+  git_merge_options mo;
+  git_merge_options_init(&mo, GIT_MERGE_OPTIONS_VERSION);
+  if (strcmp(favor, "theirs") == 0)
+    mo.file_favor = GIT_MERGE_FILE_FAVOR_THEIRS;
+  else if (strcmp(favor, "ours") == 0)
+    mo.file_favor = GIT_MERGE_FILE_FAVOR_OURS;
+  else if (strcmp(favor, "union") == 0)
+    mo.file_favor = GIT_MERGE_FILE_FAVOR_UNION;
+  else if (strcmp(favor, "normal") != 0)
+    return luaL_error(L, "option 'favor' must be theirs, ours, union or normal");
+
+  git_commit *ours = NULL, *theirs = NULL;
+  git_tree *tree = NULL, *our_tree = NULL, *their_tree = NULL;
+  git_index *index = NULL;
+  git_signature *sig = NULL;
+  git_oid base, tree_id, commit_id;
+  int rc, unrelated = 0, nret = 0;
+
+  if ((rc = lookup_commit(&ours, repo, ours_rev)) < 0) {
+    nret = fail_git(L, rc, "merge: resolve %s", ours_rev);
+    goto done;
+  }
+  if ((rc = lookup_commit(&theirs, repo, theirs_rev)) < 0) {
+    nret = fail_git(L, rc, "merge: resolve %s", theirs_rev);
+    goto done;
+  }
+  rc = git_merge_base(&base, repo, git_commit_id(ours), git_commit_id(theirs));
+  if (rc == GIT_ENOTFOUND) {
+    git_error_clear();
+    unrelated = 1;
+    if (!allow_unrelated) {
+      nret = fail_with(L, rc, NULL, "refusing to merge unrelated histories", "EUNRELATED",
+                       "merge %s into %s", theirs_rev, ours_rev);
+      goto done;
+    }
+  } else if (rc < 0) {
+    nret = fail_git(L, rc, "merge %s into %s", theirs_rev, ours_rev);
+    goto done;
+  }
+
+  lua_createtable(L, 0, 9);
+  lua_pushboolean(L, unrelated);
+  lua_setfield(L, -2, "unrelated");
+  if (!unrelated) {
+    push_oid(L, &base);
+    lua_setfield(L, -2, "base");
+  }
   lua_newtable(L);
+  mo_mark_array(L, -1);
+  lua_setfield(L, -2, "conflicts");
+
+  if (!unrelated && git_oid_equal(&base, git_commit_id(theirs))) { /* nothing new */
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "up_to_date");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "fast_forward");
+    push_oid(L, git_commit_id(ours));
+    lua_setfield(L, -2, "commit");
+    push_oid(L, git_commit_tree_id(ours));
+    lua_setfield(L, -2, "tree");
+    lua_newtable(L);
+    mo_mark_array(L, -1);
+    lua_setfield(L, -2, "files");
+    nret = 1;
+    goto done;
+  }
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "up_to_date");
+
+  if (!unrelated && !no_ff && git_oid_equal(&base, git_commit_id(ours))) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "fast_forward");
+    push_oid(L, git_commit_id(theirs));
+    lua_setfield(L, -2, "commit");
+    push_oid(L, git_commit_tree_id(theirs));
+    lua_setfield(L, -2, "tree");
+    if ((rc = git_commit_tree(&tree, theirs)) < 0 || (rc = set_files(L, repo, ours, tree)) < 0) {
+      lua_pop(L, 1);
+      nret = fail_git(L, rc, "merge %s into %s", theirs_rev, ours_rev);
+      goto done;
+    }
+    nret = 1;
+    goto done;
+  }
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "fast_forward");
+
+  if ((rc = git_merge_commits(&index, repo, ours, theirs, &mo)) < 0) {
+    lua_pop(L, 1);
+    nret = fail_git(L, rc, "merge %s into %s", theirs_rev, ours_rev);
+    goto done;
+  }
+  if (git_index_has_conflicts(index)) {
+    git_index_conflict_iterator *it = NULL;
+    const git_index_entry *anc, *our, *their;
+    git_commit_tree(&our_tree, ours);
+    git_commit_tree(&their_tree, theirs);
+    lua_getfield(L, -1, "conflicts");
+    int n = 0;
+    if (git_index_conflict_iterator_new(&it, index) == 0) {
+      while (git_index_conflict_next(&anc, &our, &their, it) == 0) {
+        const git_index_entry *any = our ? our : their ? their : anc;
+        lua_createtable(L, 0, 4);
+        lua_pushstring(L, any->path);
+        lua_setfield(L, -2, "path");
+        lua_pushstring(L, conflict_kind(repo, anc, our, their, our_tree, their_tree));
+        lua_setfield(L, -2, "kind");
+        push_entry_id(L, our, "ours");
+        push_entry_id(L, their, "theirs");
+        push_entry_id(L, anc, "base");
+        lua_rawseti(L, -2, ++n);
+      }
+      git_index_conflict_iterator_free(it);
+    }
+    git_error_clear();
+    lua_pop(L, 1);
+    nret = 1;
+    goto done;
+  }
+  if ((rc = git_index_write_tree_to(&tree_id, index, repo)) < 0 ||
+      (rc = git_tree_lookup(&tree, repo, &tree_id)) < 0 ||
+      (rc = make_signature(L, repo, opts, "author", &sig)) < 0) {
+    lua_pop(L, 1);
+    nret = fail_git(L, rc, "merge %s into %s", theirs_rev, ours_rev);
+    goto done;
+  }
+  {
+    char msgbuf[1024];
+    if (!message) {
+      snprintf(msgbuf, sizeof msgbuf, "Merge %s into %s\n", theirs_rev, ours_rev);
+      message = msgbuf;
+    }
+    const git_commit *parents[2] = {ours, theirs};
+    rc = git_commit_create(&commit_id, repo, NULL, sig, sig, NULL, message, tree, 2, parents);
+  }
+  if (rc < 0 || (rc = set_files(L, repo, ours, tree)) < 0) {
+    lua_pop(L, 1);
+    nret = fail_git(L, rc, "merge %s into %s: create commit", theirs_rev, ours_rev);
+    goto done;
+  }
+  push_oid(L, &commit_id);
+  lua_setfield(L, -2, "commit");
+  push_oid(L, &tree_id);
+  lua_setfield(L, -2, "tree");
+  nret = 1;
+done:
+  git_signature_free(sig);
+  git_index_free(index);
+  git_tree_free(tree);
+  git_tree_free(our_tree);
+  git_tree_free(their_tree);
+  git_commit_free(ours);
+  git_commit_free(theirs);
+  return nret;
+}
+
+/* Follow HEAD to the branch ref it names ("HEAD" stays when detached). */
+static const char *direct_ref_name(git_repository *repo, const char *ref, git_reference **hold) {
+  *hold = NULL;
+  if (strcmp(ref, "HEAD") != 0) return ref;
+  if (git_reference_lookup(hold, repo, "HEAD") == 0 &&
+      git_reference_type(*hold) == GIT_REFERENCE_SYMBOLIC)
+    return git_reference_symbolic_target(*hold);
+  git_error_clear();
+  return ref;
+}
+
+/* repo:update_ref(ref, sha [, {expect=old, message=}]) -> true | nil, err, code ("EMOVED") */
+static int repo_update_ref(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  const char *ref = luaL_checkstring(L, 2);
+  const char *rev = luaL_checkstring(L, 3);
+  int opts = lua_istable(L, 4) ? 4 : 0;
+  const char *expect = opts ? mo_optfield_string(L, opts, "expect", NULL) : NULL;
+  const char *msg =
+      opts ? mo_optfield_string(L, opts, "message", "moonops: update") : "moonops: update";
+  git_object *obj = NULL;
+  git_reference *out = NULL, *hold = NULL;
+  git_oid old;
+  int rc = git_revparse_single(&obj, repo, rev);
+  if (rc < 0) return fail_git(L, rc, "update %s: resolve %s", ref, rev);
+  const char *name = direct_ref_name(repo, ref, &hold);
+  if (expect && parse_expect(repo, expect, &old) < 0) {
+    git_object_free(obj);
+    git_reference_free(hold);
+    return fail_git(L, GIT_ENOTFOUND, "update %s: expected value %s", ref, expect);
+  }
+  if (expect && git_oid_is_zero(&old))
+    rc = git_reference_create(&out, repo, name, git_object_id(obj), 0, msg);
+  else if (expect)
+    rc = git_reference_create_matching(&out, repo, name, git_object_id(obj), 1, &old, msg);
+  else
+    rc = git_reference_create(&out, repo, name, git_object_id(obj), 1, msg);
+  git_object_free(obj);
+  git_reference_free(out);
+  git_reference_free(hold);
+  if (rc == GIT_EMODIFIED || rc == GIT_EEXISTS || (expect && rc == GIT_ENOTFOUND))
+    return fail_with(L, GIT_EMODIFIED, NULL, "it moved (not at the expected value)", "EMOVED",
+                     "update %s", ref);
+  if (rc < 0) return fail_git(L, rc, "update %s", ref);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* repo:delete_ref(ref) -> true (also when it did not exist) | nil, err */
+static int repo_delete_ref(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  const char *ref = luaL_checkstring(L, 2);
+  git_reference *r = NULL;
+  int rc = git_reference_lookup(&r, repo, ref);
+  if (rc == GIT_ENOTFOUND) {
+    git_error_clear();
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (rc == 0) rc = git_reference_delete(r);
+  git_reference_free(r);
+  if (rc < 0) return fail_git(L, rc, "delete %s", ref);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* repo:checkout(rev [, {force=}]) -> true | nil, err
+ * A local branch name (or refs/heads/...) makes HEAD point at it; any other revision detaches HEAD.
+ */
+static int repo_checkout(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  const char *rev = luaL_checkstring(L, 2);
+  int force = lua_istable(L, 3) ? mo_optfield_boolean(L, 3, "force", 0) : 0;
+  git_commit *commit = NULL;
+  git_reference *ref = NULL;
+  git_index *idx = NULL;
+  int rc = lookup_commit(&commit, repo, rev);
+  if (rc < 0) return fail_git(L, rc, "checkout %s", rev);
+  git_checkout_options co;
+  git_checkout_options_init(&co, GIT_CHECKOUT_OPTIONS_VERSION);
+  co.checkout_strategy = force ? GIT_CHECKOUT_FORCE : GIT_CHECKOUT_SAFE;
+  if (!force && git_repository_index(&idx, repo) == 0) co.baseline_index = idx;
+  rc = git_checkout_tree(repo, (const git_object *)commit, &co);
+  if (rc == 0 && strcmp(rev, "HEAD") != 0) {
+    if (git_reference_dwim(&ref, repo, rev) == 0 && git_reference_is_branch(ref))
+      rc = git_repository_set_head(repo, git_reference_name(ref));
+    else
+      rc = git_repository_set_head_detached(repo, git_commit_id(commit));
+  }
+  git_reference_free(ref);
+  git_index_free(idx);
+  git_commit_free(commit);
+  if (rc < 0) return fail_git(L, rc, "checkout %s", rev);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* ---- export and read ----------------------------------------------------- */
+
+typedef struct {
+  git_repository *repo;
+  const char *dir;
+  lua_State *L;
+  int match; /* stack index of a list of fnmatch patterns, or 0 */
+  lua_Integer files;
+  char failure[1024];
+} export_ctx;
+
+static int safe_name(const char *name) {
+  return name[0] && strcmp(name, ".") != 0 && strcmp(name, "..") != 0 &&
+         strcasecmp(name, ".git") != 0 && strchr(name, '/') == NULL;
+}
+
+static int export_wanted(export_ctx *x, const char *path) {
+  if (!x->match) return 1;
+  size_t n = lua_rawlen(x->L, x->match);
+  for (size_t i = 1; i <= n; i++) {
+    lua_rawgeti(x->L, x->match, (lua_Integer)i);
+    const char *pat = lua_tostring(x->L, -1);
+    int hit = pat && fnmatch(pat, path, 0) == 0;
+    lua_pop(x->L, 1);
+    if (hit) return 1;
+  }
+  return 0;
+}
+
+static int mkdirs_for(char *path) {
+  for (char *p = strchr(path + 1, '/'); p; p = strchr(p + 1, '/')) {
+    *p = '\0';
+    int rc = mkdir(path, 0777);
+    *p = '/';
+    if (rc < 0 && errno != EEXIST) return -1;
+  }
+  return 0;
+}
+
+static int write_all(int fd, const char *data, size_t len) {
+  while (len > 0) {
+    ssize_t w = write(fd, data, len);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    data += w;
+    len -= (size_t)w;
+  }
+  return 0;
+}
+
+static int export_entry(const char *root, const git_tree_entry *entry, void *payload) {
+  export_ctx *x = payload;
+  const char *name = git_tree_entry_name(entry);
+  if (!safe_name(name)) {
+    snprintf(x->failure, sizeof x->failure, "unsafe path %s%s in tree", root, name);
+    return -1;
+  }
+  git_filemode_t mode = git_tree_entry_filemode(entry);
+  if (mode == GIT_FILEMODE_TREE) return 0; /* directories are made for the files in them */
+  size_t relsz = strlen(root) + strlen(name) + 1;
+  size_t sz = strlen(x->dir) + 1 + relsz;
+  char *path = malloc(sz);
+  if (!path) {
+    snprintf(x->failure, sizeof x->failure, "out of memory");
+    return -1;
+  }
+  snprintf(path, sz, "%s/%s%s", x->dir, root, name);
+  const char *rel = path + strlen(x->dir) + 1;
+  int rc = 0;
+  if (!export_wanted(x, rel)) goto out;
+  if (mkdirs_for(path) < 0) {
+    snprintf(x->failure, sizeof x->failure, "create directory for %s: %s", rel, strerror(errno));
+    rc = -1;
+    goto out;
+  }
+  if (mode == GIT_FILEMODE_COMMIT) {
+    if (mkdir(path, 0777) < 0 && errno != EEXIST) {
+      snprintf(x->failure, sizeof x->failure, "create %s: %s", rel, strerror(errno));
+      rc = -1;
+    }
+    goto out;
+  }
+  git_blob *blob = NULL;
+  if (git_blob_lookup(&blob, x->repo, git_tree_entry_id(entry)) < 0) {
+    const git_error *e = git_error_last();
+    snprintf(x->failure, sizeof x->failure, "read %s: %s", rel, e ? e->message : "missing blob");
+    rc = -1;
+    goto out;
+  }
+  const char *data = git_blob_rawcontent(blob);
+  size_t len = (size_t)git_blob_rawsize(blob);
+  if (mode == GIT_FILEMODE_LINK) {
+    char *target = malloc(len + 1);
+    if (target) {
+      memcpy(target, data, len);
+      target[len] = '\0';
+      unlink(path);
+      if (symlink(target, path) < 0) {
+        snprintf(x->failure, sizeof x->failure, "create symlink %s: %s", rel, strerror(errno));
+        rc = -1;
+      }
+      free(target);
+    } else {
+      rc = -1;
+    }
+  } else {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
+                  mode == GIT_FILEMODE_BLOB_EXECUTABLE ? 0777 : 0666);
+    if (fd < 0 || write_all(fd, data, len) < 0) {
+      snprintf(x->failure, sizeof x->failure, "write %s: %s", rel, strerror(errno));
+      rc = -1;
+    }
+    if (fd >= 0 && close(fd) < 0 && rc == 0) {
+      snprintf(x->failure, sizeof x->failure, "write %s: %s", rel, strerror(errno));
+      rc = -1;
+    }
+  }
+  git_blob_free(blob);
+  if (rc == 0) x->files++;
+out:
+  free(path);
+  return rc;
+}
+
+/* repo:export(rev, dir [, {match={"*.yml", ...}}]) -> number of files | nil, err
+ * Writes the tree of `rev` into `dir` (created if missing): modes and symlinks kept, no .git.
+ * With `match`, only paths matching one of the fnmatch patterns are written. */
+static int repo_export(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  const char *rev = luaL_checkstring(L, 2);
+  const char *dir = luaL_checkstring(L, 3);
+  export_ctx x = {repo, dir, L, 0, 0, ""};
+  if (lua_istable(L, 4)) {
+    if (lua_getfield(L, 4, "match") == LUA_TTABLE)
+      x.match = lua_absindex(L, -1);
+    else
+      lua_pop(L, 1);
+  }
+  git_tree *tree = NULL;
+  int rc = lookup_tree(&tree, repo, rev);
+  if (rc < 0) return fail_git(L, rc, "export %s", rev);
+  if (mkdir(dir, 0777) < 0 && errno != EEXIST) {
+    int e = errno;
+    git_tree_free(tree);
+    return mo_fail(L, "export %s: create %s: %s", rev, dir, strerror(e));
+  }
+  rc = git_tree_walk(tree, GIT_TREEWALK_PRE, export_entry, &x);
+  git_tree_free(tree);
+  if (rc != 0) return fail_with(L, rc, NULL, x.failure, "EEXPORT", "export %s to %s", rev, dir);
+  lua_pushinteger(L, x.files);
+  return 1;
+}
+
+/* repo:read(rev, path) -> content | nil, err, "ENOENT" */
+static int repo_read(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  const char *rev = luaL_checkstring(L, 2);
+  const char *path = luaL_checkstring(L, 3);
+  git_tree *tree = NULL;
+  git_tree_entry *entry = NULL;
+  git_blob *blob = NULL;
+  int rc = lookup_tree(&tree, repo, rev);
+  if (rc < 0) return fail_git(L, rc, "read %s:%s", rev, path);
+  rc = git_tree_entry_bypath(&entry, tree, path);
+  git_tree_free(tree);
+  if (rc == GIT_ENOTFOUND)
+    return fail_with(L, rc, NULL, "no such file", "ENOENT", "read %s:%s", rev, path);
+  if (rc < 0) return fail_git(L, rc, "read %s:%s", rev, path);
+  if (git_tree_entry_type(entry) != GIT_OBJECT_BLOB) {
+    git_tree_entry_free(entry);
+    return fail_with(L, 0, NULL, "not a file", "EISDIR", "read %s:%s", rev, path);
+  }
+  rc = git_blob_lookup(&blob, repo, git_tree_entry_id(entry));
+  git_tree_entry_free(entry);
+  if (rc < 0) return fail_git(L, rc, "read %s:%s", rev, path);
+  lua_pushlstring(L, git_blob_rawcontent(blob), (size_t)git_blob_rawsize(blob));
+  git_blob_free(blob);
+  return 1;
+}
+
+/* ---- commits ------------------------------------------------------------- */
+
+/* repo:add_all() -> true | nil, err (stage every change, deletions included) */
+static int repo_add_all(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  git_index *idx = NULL;
+  char *all[] = {"*"};
+  git_strarray spec = {all, 1};
+  int rc = git_repository_index(&idx, repo);
+  if (rc == 0) rc = git_index_add_all(idx, &spec, GIT_INDEX_ADD_DEFAULT, NULL, NULL);
+  if (rc == 0) rc = git_index_update_all(idx, &spec, NULL, NULL);
+  if (rc == 0) rc = git_index_write(idx);
+  git_index_free(idx);
+  if (rc < 0) return fail_git(L, rc, "add files in %s", git_repository_workdir(repo));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* repo:commit({message=, author={name=, email=, time=}, committer=, parents={rev...},
+ * ref="HEAD"|false}) -> sha | nil, err The tree is the index. Parents default to HEAD (none on an
+ * unborn branch). */
+static int repo_commit(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  const char *message = mo_optfield_string(L, 2, "message", NULL);
+  if (!message) return luaL_argerror(L, 2, "a commit needs a message");
+  const char *update = "HEAD";
+  if (lua_getfield(L, 2, "ref") == LUA_TBOOLEAN && !lua_toboolean(L, -1))
+    update = NULL;
+  else if (lua_type(L, -1) == LUA_TSTRING)
+    update = lua_tostring(L, -1);
+  lua_pop(L, 1); /* a string stays anchored by the options table */
+
+  git_commit *parents[16] = {NULL};
+  size_t nparents = 0;
+  git_index *idx = NULL;
+  git_tree *tree = NULL;
+  git_signature *author = NULL, *committer = NULL;
+  git_oid tree_id, id;
+  int rc = 0, nret = 0;
+
+  if (lua_getfield(L, 2, "parents") == LUA_TTABLE) {
+    size_t n = lua_rawlen(L, -1);
+    if (n > 16) return luaL_error(L, "at most 16 parents");
+    for (size_t i = 0; i < n; i++) {
+      lua_rawgeti(L, -1, (lua_Integer)i + 1);
+      const char *rev = lua_tostring(L, -1);
+      if (!rev) return luaL_error(L, "parents[%d] must be a string", (int)i + 1);
+      rc = lookup_commit(&parents[nparents], repo, rev);
+      if (rc < 0) {
+        nret = fail_git(L, rc, "commit: resolve parent %s", rev);
+        goto done;
+      }
+      nparents++;
+      lua_pop(L, 1);
+    }
+  } else {
+    git_commit *head = NULL;
+    rc = lookup_commit(&head, repo, "HEAD");
+    if (rc == 0)
+      parents[nparents++] = head;
+    else
+      git_error_clear();
+  }
+  lua_pop(L, 1);
+
+  if ((rc = git_repository_index(&idx, repo)) < 0 ||
+      (rc = git_index_write_tree(&tree_id, idx)) < 0 ||
+      (rc = git_tree_lookup(&tree, repo, &tree_id)) < 0 ||
+      (rc = make_signature(L, repo, 2, "author", &author)) < 0) {
+    nret = fail_git(L, rc, "commit in %s", git_repository_path(repo));
+    goto done;
+  }
+  if (lua_getfield(L, 2, "committer") == LUA_TTABLE) {
+    lua_pop(L, 1);
+    rc = make_signature(L, repo, 2, "committer", &committer);
+  } else {
+    lua_pop(L, 1);
+    rc = git_signature_dup(&committer, author);
+  }
+  if (rc == 0)
+    rc = git_commit_create(&id, repo, update, author, committer, NULL, message, tree, nparents,
+                           (const git_commit **)parents);
+  if (rc < 0) {
+    nret = fail_git(L, rc, "commit in %s", git_repository_path(repo));
+    goto done;
+  }
+  push_oid(L, &id);
+  nret = 1;
+done:
+  for (size_t i = 0; i < nparents; i++)
+    git_commit_free(parents[i]);
+  git_signature_free(author);
+  git_signature_free(committer);
+  git_tree_free(tree);
+  git_index_free(idx);
+  return nret;
+}
+
+/* repo:log(rev [, {limit=}]) -> list {sha=, parents={...}, author=, email=, time=, message=} | nil,
+ * err Newest first. */
+static int repo_log(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  const char *rev = luaL_optstring(L, 2, "HEAD");
+  lua_Integer limit = lua_istable(L, 3) ? mo_optfield_integer(L, 3, "limit", 0) : 0;
+  git_commit *start = NULL;
+  git_revwalk *walk = NULL;
+  git_oid id;
+  int rc = lookup_commit(&start, repo, rev);
+  if (rc < 0) return fail_git(L, rc, "log %s", rev);
+  if ((rc = git_revwalk_new(&walk, repo)) < 0 ||
+      (rc = git_revwalk_sorting(walk, GIT_SORT_TIME)) < 0 ||
+      (rc = git_revwalk_push(walk, git_commit_id(start))) < 0) {
+    git_commit_free(start);
+    git_revwalk_free(walk);
+    return fail_git(L, rc, "log %s", rev);
+  }
+  git_commit_free(start);
+  lua_newtable(L);
+  lua_Integer n = 0;
+  while ((limit <= 0 || n < limit) && (rc = git_revwalk_next(&id, walk)) == 0) {
+    git_commit *c = NULL;
+    if ((rc = git_commit_lookup(&c, repo, &id)) < 0) break;
+    const git_signature *a = git_commit_author(c);
+    lua_createtable(L, 0, 6);
+    push_oid(L, &id);
+    lua_setfield(L, -2, "sha");
+    unsigned int np = git_commit_parentcount(c);
+    lua_createtable(L, (int)np, 0);
+    for (unsigned int i = 0; i < np; i++) {
+      push_oid(L, git_commit_parent_id(c, i));
+      lua_rawseti(L, -2, i + 1);
+    }
+    mo_mark_array(L, -1);
+    lua_setfield(L, -2, "parents");
+    lua_pushstring(L, a->name);
+    lua_setfield(L, -2, "author");
+    lua_pushstring(L, a->email);
+    lua_setfield(L, -2, "email");
+    lua_pushinteger(L, (lua_Integer)a->when.time);
+    lua_setfield(L, -2, "time");
+    lua_pushstring(L, git_commit_message(c));
+    lua_setfield(L, -2, "message");
+    lua_rawseti(L, -2, ++n);
+    git_commit_free(c);
+  }
+  git_revwalk_free(walk);
+  if (rc < 0 && rc != GIT_ITEROVER) {
+    lua_pop(L, 1);
+    return fail_git(L, rc, "log %s", rev);
+  }
+  git_error_clear();
+  mo_mark_array(L, -1);
+  return 1;
+}
+
+/* ---- registration -------------------------------------------------------- */
+
+static const luaL_Reg repo_methods[] = {
+    {"path", repo_path},
+    {"workdir", repo_workdir},
+    {"head", repo_head},
+    {"resolve", repo_resolve},
+    {"status", repo_status},
+    {"is_clean", repo_is_clean},
+    {"state", repo_state},
+    {"remote_add", repo_remote_add},
+    {"remote_set_url", repo_remote_set_url},
+    {"remotes", repo_remotes},
+    {"fetch", repo_fetch},
+    {"ls_remote", repo_ls_remote},
+    {"merge_base", repo_merge_base},
+    {"merge", repo_merge},
+    {"update_ref", repo_update_ref},
+    {"delete_ref", repo_delete_ref},
+    {"checkout", repo_checkout},
+    {"export", repo_export},
+    {"read", repo_read},
+    {"diff", repo_diff},
+    {"add_all", repo_add_all},
+    {"commit", repo_commit},
+    {"push", repo_push},
+    {"log", repo_log},
+    {NULL, NULL},
+};
+
+static const luaL_Reg git_funcs[] = {
+    {"open", git_open}, {"init", git_init}, {"clone", git_clone_}, {"redact_url", git_redact_url},
+    {NULL, NULL},
+};
+
+int luaopen_moonops_git(lua_State *L) {
+  pthread_once(&git_once, git_global_init);
+  mo_newclass(L, REPO_MT, repo_methods, repo_close);
+  luaL_getmetatable(L, REPO_MT);
+  lua_pushcfunction(L, repo_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+  luaL_newlib(L, git_funcs);
   return 1;
 }

@@ -39,6 +39,25 @@ int mo_optfield_boolean(lua_State *L, int idx, const char *key, int def);
 void mo_push_array_mt(lua_State *L);
 void mo_mark_array(lua_State *L, int idx);
 
+/* Wake every waiter of the process-wide notify channel `name` (notify.c);
+ * returns 1 when such a channel is open. Safe from any thread. */
+int mo_notify_signal(const char *name);
+
+/* Provenance of tables built by moonops.yaml (yaml.c): a weak-keyed side table
+ * maps each mapping/sequence to its "meta", an array:
+ *   [1] line, [2] column (1-based; 0 = unknown), [3] source name (or false),
+ *   mapping:  [2+2i] = i-th key in document order, [3+2i] = its line
+ *   sequence: [3+i] = line of item i */
+#define MO_META_LINE 1
+#define MO_META_COL 2
+#define MO_META_SOURCE 3
+#define MO_META_HEAD 3
+void mo_yaml_push_meta(lua_State *L, int table_idx); /* meta table or nil */
+void mo_yaml_set_meta(lua_State *L, int table_idx, int meta_idx);
+int mo_yaml_key_line(lua_State *L, int table_idx, int key_idx); /* 1-based; 0 when unknown */
+const char *mo_yaml_source(lua_State *L, int table_idx);      /* NULL when unknown */
+void mo_yaml_push_keys(lua_State *L, int table_idx); /* keys, document order first */
+
 /* Module openers, registered in package.preload by vm.c. */
 int luaopen_moonops_engine(lua_State *L);
 int luaopen_moonops_crypto(lua_State *L);

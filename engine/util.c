@@ -27,6 +27,7 @@ static const char *errno_name(int e) {
   case ENOTEMPTY: return "ENOTEMPTY";
   case EAGAIN: return "EAGAIN";
   case EINVAL: return "EINVAL";
+  case ESRCH: return "ESRCH";
   case EXDEV: return "EXDEV";
   case ELOOP: return "ELOOP";
   case EROFS: return "EROFS";

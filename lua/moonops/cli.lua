@@ -13,8 +13,10 @@ local GLOBAL_OPTIONS = {
   { "log-format", type = "string", choices = { "text", "json" }, default = "text", help = "log line format" },
   { "quiet", type = "boolean", short = "q", help = "only warnings and errors; no progress bars" },
   { "debug", type = "boolean", help = "debug logs and Lua tracebacks on errors" },
-  { "recipes", type = "list", help = "a directory searched for recipes first (repeatable)" },
-  { "plugins", type = "list", help = "a directory searched for plugins first (repeatable)" },
+  { "recipes", type = "list", metavar = "DIR", help = "a directory searched for recipes first" },
+  { "plugins", type = "list", metavar = "DIR", help = "a directory searched for plugins first" },
+  { "version", type = "boolean", help = "print the version line and exit" },
+  { "help", type = "boolean", short = "h", help = "this help" },
 }
 
 local BUILTINS = {
@@ -282,7 +284,8 @@ function M.context(name, gopts, positionals)
         return s
       elseif k == "store" then
         local db = require "moonops.db"
-        local s = db.open(t.settings.data_dir)
+        local s, err = db.open(t.settings.data_dir)
+        if not s then errors.raise(err, errors.FAILURE) end
         rawset(t, "store", s)
         return s
       end
@@ -343,7 +346,7 @@ local function cmd_version()
   return 0
 end
 
-local function cmd_lua(args, first, gopts)
+local function cmd_lua(args, first)
   local a = args[first]
   if a == nil then usage("usage: moonops lua FILE [args...] | moonops lua -e CODE") end
   local chunk, err, script
@@ -363,12 +366,9 @@ local function cmd_lua(args, first, gopts)
   local argt = { [-1] = args[0] or "moonops", [0] = script }
   for i = rest_from, #args do argt[#argt + 1] = args[i] end
   _G.arg = argt
-  local results = table.pack(xpcall(chunk, function(e)
-    if errors.is(e) then return e end
-    return gopts.debug and debug.traceback(tostring(e), 2) or e
-  end, table.unpack(argt, 1, #argt)))
-  if not results[1] then error(results[2], 0) end
-  return math.type(results[2]) == "integer" and results[2] or 0
+  -- errors propagate to main's handler, which adds the traceback with --debug
+  local result = chunk(table.unpack(argt, 1, #argt))
+  return math.type(result) == "integer" and result or 0
 end
 
 local function cmd_recipes(args, first)
@@ -381,8 +381,15 @@ local function cmd_recipes(args, first)
   if opts.json then
     io.stdout:write(json.pretty(json.array(list)))
   else
+    local wname, wsummary = 4, 7
     for _, e in ipairs(list) do
-      io.stdout:write(string.format("%-12s %-50s %s\n", e.name, e.summary, e.file))
+      wname = math.max(wname, utf8.len(e.name) or #e.name)
+      wsummary = math.max(wsummary, utf8.len(e.summary) or #e.summary)
+    end
+    for _, e in ipairs(list) do
+      local pad = wsummary - (utf8.len(e.summary) or #e.summary)
+      io.stdout:write(string.format("%s%s  %s%s  %s\n", e.name, string.rep(" ", wname - #e.name),
+        e.summary, string.rep(" ", pad), e.file))
     end
   end
   return 0
@@ -396,7 +403,7 @@ local function dispatch(args, first, gopts)
   end
   if name == "--version" then return cmd_version() end
   if name == "version" then return cmd_version() end
-  if name == "lua" then return cmd_lua(args, first + 1, gopts) end
+  if name == "lua" then return cmd_lua(args, first + 1) end
   if name == "recipes" then return cmd_recipes(args, first + 1) end
   if name == "plugins" then
     return require("moonops.plugins").cli(args, first + 1, gopts)
@@ -434,9 +441,12 @@ local function dispatch(args, first, gopts)
   end
   if not r then
     if err ~= "not found" then errors.raise(err, errors.FAILURE) end
-    local names = {}
-    for n in pairs(BUILTINS) do names[#names + 1] = n end
+    local names = {} -- recipes first: they win a tie with a built-in command
     for _, e in ipairs(recipe.list()) do names[#names + 1] = e.name end
+    local builtins = {}
+    for n in pairs(BUILTINS) do builtins[#builtins + 1] = n end
+    table.sort(builtins)
+    for _, n in ipairs(builtins) do names[#names + 1] = n end
     local guess = M.closest(name, names)
     usage(string.format("unknown recipe %q%s; 'moonops recipes' lists them", name,
       guess and (" (did you mean " .. guess .. "?)") or ""))
@@ -461,6 +471,8 @@ function M.main(argv)
   if #gopts.recipes > 0 then recipe.add_dirs(gopts.recipes) end
   if #gopts.plugins > 0 then require("moonops.plugins").add_dirs(gopts.plugins) end
   M.global = gopts
+  if gopts.version then return cmd_version() end
+  if gopts.help then table.insert(rest, 1, "help") end
 
   local results = table.pack(xpcall(dispatch, function(e)
     if errors.is(e) then return e end

@@ -1,6 +1,8 @@
 --- JSON for moonops: lua-cjson decoding, an encoder that knows arrays from objects.
 -- Tables marked with `json.array` (or non-empty sequences) encode as arrays; an
 -- unmarked empty table is an object. Object keys are sorted so output is stable.
+-- Decoded arrays carry the array marker (so `[]` survives a round trip) and whole
+-- numbers decode as Lua integers.
 local cjson = require "cjson"
 local engine = require "moonops.engine"
 
@@ -106,7 +108,13 @@ encode_value = function(v, out, indent, depth, seen)
     if math.type(v) == "integer" then
       out[#out + 1] = string.format("%d", v)
     else
-      out[#out + 1] = string.format("%.17g", v)
+      -- the shortest text that reads back as the same number: 0.1, not 0.10000000000000001
+      local text
+      for digits = 15, 17 do
+        text = string.format("%." .. digits .. "g", v)
+        if tonumber(text) == v then break end
+      end
+      out[#out + 1] = text
     end
   elseif tv == "boolean" then
     out[#out + 1] = v and "true" or "false"
@@ -134,12 +142,76 @@ function M.pretty(v)
   return table.concat(out)
 end
 
+-- lua-cjson 2.1 cannot tell `[]` from `{}` after decoding: empty arrays in the text are
+-- rewritten to a one-element array holding this sentinel first, and restored below.
+local EMPTY = "\0moonops:empty-array\0"
+local EMPTY_JSON = '["\\u0000moonops:empty-array\\u0000"]'
+
+local function mark_empty_arrays(text)
+  if not text:find("%[[ \t\r\n]*%]") then return text end
+  local out, last, i = {}, 1, 1
+  while true do
+    local p = text:find('["%[]', i)
+    if not p then break end
+    if text:byte(p) == 34 then -- a string: skip to its closing quote
+      local j = p + 1
+      while true do
+        local q = text:find('["\\]', j)
+        if not q then return text end -- unterminated: cjson reports it
+        if text:byte(q) == 92 then
+          j = q + 2
+        else
+          i = q + 1
+          break
+        end
+      end
+    else
+      local e = text:match("^[ \t\r\n]*%]()", p + 1)
+      if e then
+        out[#out + 1] = text:sub(last, p - 1)
+        out[#out + 1] = EMPTY_JSON
+        last, i = e, e
+      else
+        i = p + 1
+      end
+    end
+  end
+  out[#out + 1] = text:sub(last)
+  return table.concat(out)
+end
+
+local SAFE_INT = 2 ^ 53
+
+-- Decoded objects have only string keys, so a table with a positive length was an array.
+local function restore(v)
+  local tv = type(v)
+  if tv == "number" then
+    if math.type(v) == "float" and v == math.floor(v) and v >= -SAFE_INT and v <= SAFE_INT then
+      return math.tointeger(v)
+    end
+    return v
+  elseif tv ~= "table" then
+    return v
+  end
+  local n = #v
+  if n == 1 and v[1] == EMPTY then
+    v[1] = nil
+    return setmetatable(v, M.array_mt)
+  end
+  for k, x in pairs(v) do
+    local fixed = restore(x)
+    if fixed ~= x or math.type(fixed) ~= math.type(x) then v[k] = fixed end
+  end
+  if n > 0 then setmetatable(v, M.array_mt) end
+  return v
+end
+
 --- Decode text; returns value or nil, message.
 function M.decode(text)
   if type(text) ~= "string" then return nil, "json: expected a string" end
-  local ok, v = pcall(cjson.decode, text)
+  local ok, v = pcall(cjson.decode, mark_empty_arrays(text))
   if not ok then return nil, "invalid JSON: " .. tostring(v):gsub("^.-: ", "") end
-  return v
+  return restore(v)
 end
 
 return M

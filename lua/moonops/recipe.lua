@@ -114,12 +114,32 @@ function M.load(name)
   return recipe, entry
 end
 
+-- The first `summary = "..."` (or '...') field of a recipe's source, when it is a plain string.
+local function scan_summary(text)
+  local p = text:find("%f[%w_]summary%s*=%s*[\"']")
+  if not p then return nil end
+  -- a table field: the string is followed by the field separator or the table's end
+  return text:match('^summary%s*=%s*"([^"\\\n]*)"%s*[,;}]', p)
+    or text:match("^summary%s*=%s*'([^'\\\n]*)'%s*[,;}]", p)
+end
+
 --- Summary line of a recipe entry without failing the whole listing on a broken file.
+-- The file is compiled (so syntax errors show) but not run when its source holds a plain
+-- `summary = "..."` string: running it would load every module it requires, and
+-- `moonops recipes` should stay fast. A computed summary makes the file run.
 function M.summary(entry)
   if entry.recipe then return entry.recipe.summary or "" end
-  local recipe, err = M.load_file(entry.file)
-  if not recipe then return "(broken: " .. err .. ")" end
-  return recipe.summary or ""
+  local f, oerr = io.open(entry.file, "rb")
+  if not f then return "(broken: " .. tostring(oerr) .. ")" end
+  local text = f:read("a")
+  f:close()
+  local chunk, err = load(text, "@" .. entry.file)
+  if not chunk then return "(broken: " .. err .. ")" end
+  local summary = scan_summary(text)
+  if summary then return summary end
+  local recipe, lerr = M.load_file(entry.file)
+  if not recipe then return "(broken: " .. lerr .. ")" end
+  return type(recipe.summary) == "string" and recipe.summary or ""
 end
 
 return M

@@ -68,13 +68,15 @@ function T.run(argv, opts)
   if opts.cwd then cmd[#cmd + 1] = "cd " .. T.q(opts.cwd) .. " &&" end
   if opts.env then
     cmd[#cmd + 1] = "env"
+    local sets = {} -- env wants every -u before the first NAME=VALUE
     for k, v in pairs(opts.env) do
       if v == false then
         cmd[#cmd + 1] = "-u " .. T.q(k)
       else
-        cmd[#cmd + 1] = T.q(k .. "=" .. v)
+        sets[#sets + 1] = T.q(k .. "=" .. v)
       end
     end
+    for _, s in ipairs(sets) do cmd[#cmd + 1] = s end
   end
   cmd[#cmd + 1] = argv_string(argv)
   if opts.stdin then

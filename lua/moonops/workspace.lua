@@ -1,0 +1,176 @@
+--- A workspace's paths, secrets, active environment and current release.
+-- `ws` is a workspace table from moonops.settings; state lives in the store's
+-- `workspaces` table, files under `<data_dir>/workspaces/<name>/`.
+local fs = require "moonops.fs"
+local log = require "moonops.log"
+
+local M = {}
+
+-- Store calls that raise on failure (busy, constraint) instead of returning nil, err.
+local function exec(db, sql, ...)
+  local n, err = db:exec(sql, ...)
+  if n == nil then error(err, 0) end
+  return n
+end
+
+local function one(db, sql, ...)
+  local row, err = db:one(sql, ...)
+  if row == nil and err ~= nil then error(err, 0) end
+  return row
+end
+
+local function tx(db, fn)
+  local r = table.pack(db:tx(fn))
+  if r[1] == nil and r[2] ~= nil then error(r[2], 0) end
+  return table.unpack(r, 1, r.n)
+end
+
+local function now()
+  return os.date("!%Y-%m-%dT%H:%M:%SZ")
+end
+
+--- The directory name used for a workspace under data_dir: its name when that is a
+-- safe single path component, else its id.
+function M.dir_name(ws)
+  local name = ws.name
+  if type(name) == "string" and name:match("^[%w][%w._-]*$") and not name:find("..", 1, true) then
+    return name
+  end
+  return tostring(ws.id)
+end
+
+--- Paths of a workspace: {root, mirror, releases, current, lock}.
+function M.paths(settings, ws)
+  local root = settings.data_dir .. "/workspaces/" .. M.dir_name(ws)
+  return {
+    root = root,
+    mirror = root .. "/repo.git",
+    releases = root .. "/releases",
+    current = root .. "/current",
+    lock = root .. "/deploy.lock",
+  }
+end
+
+--- The absolute directory of release `name`.
+function M.release_dir(settings, ws, name)
+  return M.paths(settings, ws).releases .. "/" .. name
+end
+
+--- Make sure the store has a row for `ws` (renamed workspaces keep their id and history).
+-- Returns the row.
+function M.ensure(db, ws)
+  local id = tostring(ws.id or ws.name)
+  return tx(db, function()
+    local row = one(db, "SELECT * FROM workspaces WHERE id = ?", id)
+    if row and row.name == ws.name then return row end
+    -- A stale row holding the name (an old workspace with another id) keeps its state under a new name.
+    exec(db, "UPDATE workspaces SET name = name || '#' || id WHERE name = ? AND id <> ?", ws.name, id)
+    if row then
+      exec(db, "UPDATE workspaces SET name = ?, updated_at = ? WHERE id = ?", ws.name, now(), id)
+    else
+      exec(db, "INSERT INTO workspaces(id, name, updated_at) VALUES (?, ?, ?)", id, ws.name, now())
+    end
+    return one(db, "SELECT * FROM workspaces WHERE id = ?", id)
+  end)
+end
+
+--- The workspace's state row: {id, name, active_environment, current_release, current_commit, ...}.
+function M.state(db, ws)
+  return M.ensure(db, ws)
+end
+
+--- Record fields of the workspace state (current_release, current_commit, current_deployment,
+-- active_environment); a json.null / false value clears the column.
+function M.record(db, ws, fields)
+  M.ensure(db, ws)
+  local cols = { "active_environment", "current_release", "current_commit", "current_deployment" }
+  local sets, args = {}, {}
+  for _, c in ipairs(cols) do
+    local v = fields[c]
+    if v ~= nil then
+      sets[#sets + 1] = c .. " = ?"
+      if v == false then v = nil end
+      args[#args + 1] = v == nil and require("moonops.json").null or v
+    end
+  end
+  sets[#sets + 1] = "updated_at = ?"
+  args[#args + 1] = now()
+  args[#args + 1] = tostring(ws.id or ws.name)
+  exec(db, "UPDATE workspaces SET " .. table.concat(sets, ", ") .. " WHERE id = ?", table.unpack(args))
+end
+
+--- The webhook secrets of `ws`, each registered with log.secret so no line shows it.
+function M.secrets(ws)
+  local ok, settings = pcall(require, "moonops.settings")
+  local list = {}
+  if ok and settings.workspace_secrets then list = settings.workspace_secrets(ws) or {} end
+  for _, s in ipairs(list) do log.secret(s) end
+  return list
+end
+
+--- Git credentials for the workspace's repository ({username=, token=}) or nil.
+-- The token comes from the environment variable named by `git_token_env` and is
+-- registered with log.secret.
+function M.git_credentials(ws)
+  if not ws.git_token_env then return nil end
+  local token = os.getenv(ws.git_token_env)
+  if not token or token == "" then return nil end
+  log.secret(token)
+  return { username = ws.git_username or "x-access-token", token = token }
+end
+
+--- A repository URL fit for messages: no userinfo (user:token@).
+function M.safe_url(url)
+  url = tostring(url or "")
+  return (url:gsub("^(%a[%w+.-]*://)[^/@]*@", "%1"))
+end
+
+--- The directory of the workspace's current release, and the state row;
+-- or nil and a message telling to deploy first.
+function M.current_release(settings, db, ws)
+  -- Reading a workspace is a moment to mark deployments of dead processes INTERRUPTED.
+  require("moonops.deploy").recover(settings, db)
+  local state = M.state(db, ws)
+  local name = state.current_release
+  if not name then
+    local target = fs.readlink(M.paths(settings, ws).current)
+    if target then name = target:match("([^/]+)$") end
+  end
+  if name then
+    local dir = M.release_dir(settings, ws, name)
+    local st = fs.stat(dir)
+    if st and st.type == "dir" then return dir, state end
+    return nil, string.format("workspace %q: its current release %s is missing from %s: run 'moonops deploy %s'",
+      ws.name, name, M.paths(settings, ws).releases, ws.name)
+  end
+  return nil, string.format("workspace %q has not been deployed yet: run 'moonops deploy %s' first", ws.name, ws.name)
+end
+
+--- The environment deployments of `ws` validate against: the one recorded with
+-- `env use E --workspace W`, else the workspace's `environment` in moonops.yml, else nil
+-- (meltano.yml's default_environment).
+function M.active_environment(db, ws)
+  local state = M.state(db, ws)
+  return state.active_environment or ws.environment
+end
+
+--- Record `name` as the active environment of `ws`. It must exist in the current
+-- release's meltano.yml. Returns true or nil, message.
+function M.use_environment(settings, db, ws, name)
+  local dir, err = M.current_release(settings, db, ws)
+  if not dir then return nil, err end
+  local meltano = require "moonops.meltano"
+  local project, perr = meltano.load(dir)
+  if not project then return nil, perr end
+  local known = project.environments or {}
+  local found = false
+  for _, e in ipairs(known) do found = found or e == name end
+  if not found then
+    return nil, string.format("environment %q not found in %s/meltano.yml (known: %s)", tostring(name), dir,
+      #known > 0 and table.concat(known, ", ") or "none")
+  end
+  M.record(db, ws, { active_environment = name })
+  return true
+end
+
+return M

@@ -1,0 +1,354 @@
+-- recipes/env.lua: `moonops env list|show|diff|use` - the environments of a meltano.yml,
+-- every resolved setting with where its value came from, secrets masked.
+local errors = require "moonops.errors"
+local fs = require "moonops.fs"
+local json = require "moonops.json"
+local meltano = require "moonops.meltano"
+
+local function usage(msg)
+  errors.raise(msg, errors.USAGE)
+end
+
+-- ---------------------------------------------------------------------------
+-- Where the project is: --project DIR, --workspace W (its current release), or ".".
+
+--- The current release of a deployed workspace and its recorded active environment.
+-- Returns dir, environment (nil when none is recorded). Raises when W was never deployed.
+local function deployed_workspace(ctx, name)
+  local settings = require "moonops.settings"
+  local workspace = require "moonops.workspace"
+  local ws = settings.workspace(ctx.settings, name)
+  local paths = workspace.paths(ctx.settings, ws)
+  if not fs.exists(paths.current) then
+    errors.raise(string.format("--workspace needs a deployed workspace: run 'moonops deploy %s' first", ws.name))
+  end
+  local dir, err = workspace.current_release(ctx.settings, ctx.store, ws)
+  if not dir then errors.raise(err) end
+  return dir, workspace.active_environment(ctx.store, ws), ws
+end
+
+--- Load the project in `dir` for the env commands; `recorded` is the workspace's
+-- recorded active environment (nil for a plain --project). Returns the project.
+local function open_project(dir, recorded, opts)
+  local project, err = meltano.load(dir, { env = opts.process_env })
+  if not project then errors.raise(err, errors.USAGE) end
+  project.recorded_environment = recorded
+  return project
+end
+
+local function locate(ctx, opts)
+  if opts.project and opts.workspace then usage("use either --project or --workspace, not both") end
+  local env = meltano.process_env()
+  opts.process_env = env
+  if opts.workspace then
+    local dir, recorded, ws = deployed_workspace(ctx, opts.workspace)
+    local project = open_project(dir, recorded, opts)
+    project.workspace = ws
+    return project
+  end
+  local dir = opts.project or "."
+  if not fs.exists(dir .. "/meltano.yml") then
+    if opts.project then usage(string.format("no meltano.yml in %s", dir)) end
+    usage("no meltano.yml in the current directory: use --project DIR or --workspace W")
+  end
+  return open_project(dir, nil, opts)
+end
+
+local function warn_all(ctx, project)
+  for _, w in ipairs(project.warnings) do ctx.log.warn(w) end
+end
+
+local function active(project, opts)
+  return meltano.active_environment(project, {
+    flag = opts.environment,
+    env = opts.process_env,
+    state = project.recorded_environment,
+  })
+end
+
+-- ---------------------------------------------------------------------------
+-- Text output
+
+local function width(s)
+  return utf8.len(s) or #s
+end
+
+local function render(v)
+  if type(v) == "string" then return (v:gsub("\n", "\\n"):gsub("\t", "\\t")) end
+  if v == nil then return "-" end
+  if type(v) == "table" then return json.encode(v) end
+  return tostring(v)
+end
+
+-- Print rows (lists of strings) as aligned columns; the header bold on a TTY.
+-- `dim(row, col)` says which cells to dim (colour only).
+local function print_table(ctx, header, rows, dim)
+  local widths = {}
+  for i, h in ipairs(header) do widths[i] = width(h) end
+  for _, row in ipairs(rows) do
+    for i, cell in ipairs(row) do widths[i] = math.max(widths[i], width(cell)) end
+  end
+  local colour = ctx.term.colour(1)
+  local out = {}
+  local function line(row, is_header)
+    local cells = {}
+    for i, cell in ipairs(row) do
+      local pad = i < #row and string.rep(" ", widths[i] - width(cell)) or ""
+      if colour and is_header then
+        cell = ctx.term.paint("bold", cell)
+      elseif colour and dim and dim(row, i) then
+        cell = ctx.term.paint("dim", cell)
+      end
+      cells[i] = cell .. pad
+    end
+    out[#out + 1] = (table.concat(cells, "  "):gsub("%s+$", ""))
+  end
+  line(header, true)
+  for _, row in ipairs(rows) do line(row, false) end
+  ctx.print(table.concat(out, "\n"), "\n")
+end
+
+-- ---------------------------------------------------------------------------
+-- Commands
+
+local COMMON = {
+  { "project", type = "string", metavar = "DIR", help = "a directory holding meltano.yml (default: the current one)" },
+  { "workspace", type = "string", metavar = "W", help = "the current release of a deployed workspace (name or id)" },
+  { "json", type = "boolean", help = "print JSON" },
+}
+
+local function with_common(list)
+  local out = {}
+  for _, o in ipairs(COMMON) do out[#out + 1] = o end
+  for _, o in ipairs(list) do out[#out + 1] = o end
+  return out
+end
+
+local function list_cmd(ctx, opts)
+  local project = locate(ctx, opts)
+  warn_all(ctx, project)
+  local name = active(project, opts)
+  if opts.json then
+    ctx.print(json.pretty({
+      active = name or json.null,
+      default = project.default_environment or json.null,
+      environments = json.array(project.environments),
+    }))
+    return 0
+  end
+  if #project.environments == 0 then
+    ctx.print("no environments in " .. project.file .. "\n")
+    return 0
+  end
+  local rows = {}
+  for _, e in ipairs(project.environments) do
+    local notes = {}
+    if e == name then notes[#notes + 1] = "active" end
+    if e == project.default_environment then notes[#notes + 1] = "default" end
+    rows[#rows + 1] = { e == name and "*" or " ", e, table.concat(notes, ", ") }
+  end
+  print_table(ctx, { " ", "ENVIRONMENT", "" }, rows)
+  if not name then ctx.print("no active environment\n") end
+  return 0
+end
+
+-- The JSON document of `env show`, written directly: it can hold tens of thousands
+-- of settings and the general encoder sorts every object's keys.
+local function show_json(res)
+  local enc = json.encode
+  local out = { '{\n  "environment": ', res.environment and enc(res.environment) or "null", ',\n  "plugins": [' }
+  for i, p in ipairs(res.plugins) do
+    out[#out + 1] = (i > 1 and ",\n    {\n" or "\n    {\n")
+    out[#out + 1] = '      "name": ' .. enc(p.name) .. ',\n      "settings": ['
+    for j, s in ipairs(p.settings) do
+      local v = s.value
+      local tv = type(v)
+      local vtext
+      if tv == "string" then
+        vtext = enc(v)
+      elseif tv == "table" then
+        vtext = json.pretty(v):sub(1, -2):gsub("\n", "\n          ")
+      else
+        vtext = enc(v)
+      end
+      out[#out + 1] = (j > 1 and ",\n        {\n" or "\n        {\n") .. '          "name": ' .. enc(s.name)
+        .. ',\n          "origin": ' .. enc(s.origin or json.null) .. ',\n          "redacted": '
+        .. (s.redacted and "true" or "false") .. ',\n          "source": ' .. enc(s.source or json.null)
+        .. ',\n          "value": ' .. vtext .. "\n        }"
+    end
+    out[#out + 1] = (#p.settings > 0 and "\n      ],\n" or "],\n") .. '      "type": ' .. enc(p.type) .. "\n    }"
+  end
+  out[#out + 1] = (#res.plugins > 0 and "\n  ]\n}\n" or "]\n}\n")
+  return table.concat(out)
+end
+
+local function show_cmd(ctx, opts)
+  local project = locate(ctx, opts)
+  local name, how = active(project, opts)
+  local res, err = meltano.resolve(project, {
+    environment = name,
+    env = opts.process_env,
+    strict = opts.strict,
+    unsafe = opts.unsafe,
+    plugin = opts.plugin,
+  })
+  warn_all(ctx, project)
+  if not res then errors.raise(err, err:find("^plugin ") and errors.USAGE or errors.FAILURE) end
+  if opts.json then
+    ctx.print(show_json(res))
+    return 0
+  end
+  ctx.print(string.format("environment: %s%s\n", name or "(none)", name and (" (" .. how .. ")") or ""))
+  local rows = {}
+  for _, p in ipairs(res.plugins) do
+    if #p.settings == 0 then
+      rows[#rows + 1] = { p.name, "-", "", "", "" }
+    end
+    for _, s in ipairs(p.settings) do
+      rows[#rows + 1] = { p.name, s.name, render(s.value), s.source or "", s.origin or "" }
+    end
+  end
+  print_table(ctx, { "PLUGIN", "SETTING", "VALUE", "SOURCE", "ORIGIN" }, rows, function(row, i)
+    return (i == 3 and row[3] == meltano.REDACTED) or i == 5
+  end)
+  return 0
+end
+
+local function diff_cmd(ctx, opts)
+  local a, b = ctx.args[1], ctx.args[2]
+  if not a or not b then usage("env diff needs two environments: moonops env diff E1 E2") end
+  local project = locate(ctx, opts)
+  local resolved = {}
+  for i, e in ipairs({ a, b }) do
+    local name = meltano.active_environment(project, { flag = e })
+    local res, err = meltano.resolve(project, { environment = name, env = opts.process_env, strict = opts.strict })
+    if not res then errors.raise(err) end
+    resolved[i] = res
+  end
+  warn_all(ctx, project)
+  local changes = meltano.diff(resolved[1], resolved[2])
+  if opts.json then
+    local list = json.array()
+    for _, c in ipairs(changes) do
+      list[#list + 1] = { type = c.type, plugin = c.plugin, setting = c.setting,
+        from = c.from == nil and json.null or c.from, to = c.to == nil and json.null or c.to }
+    end
+    ctx.print(json.pretty({ from = a, to = b, changes = list }))
+    return 0
+  end
+  if #changes == 0 then
+    ctx.print(string.format("no differences between %s and %s\n", a, b))
+    return 0
+  end
+  local rows = {}
+  for _, c in ipairs(changes) do rows[#rows + 1] = { c.plugin, c.setting, render(c.from), render(c.to) } end
+  print_table(ctx, { "PLUGIN", "SETTING", a:upper(), b:upper() }, rows, function(row, i)
+    return i > 2 and (row[i] == meltano.REDACTED or row[i] == "-")
+  end)
+  return 0
+end
+
+local function use_cmd(ctx, opts)
+  local name = ctx.args[1]
+  if not name then usage("env use needs an environment: moonops env use E (--workspace W | --project DIR --write)") end
+  if opts.workspace then
+    if opts.project then usage("use either --project or --workspace, not both") end
+    local settings = require "moonops.settings"
+    local workspace = require "moonops.workspace"
+    local ws = settings.workspace(ctx.settings, opts.workspace)
+    if not fs.exists(workspace.paths(ctx.settings, ws).current) then
+      errors.raise(string.format("--workspace needs a deployed workspace: run 'moonops deploy %s' first", ws.name))
+    end
+    local ok, err = workspace.use_environment(ctx.settings, ctx.store, ws, name)
+    if not ok then errors.raise(err, errors.USAGE) end
+    if opts.json then
+      ctx.print(json.pretty({ workspace = ws.name, active = name }))
+    else
+      ctx.print(string.format("workspace %s: active environment is now %s\n", ws.name, name))
+    end
+    return 0
+  end
+  if not opts.project then
+    usage("env use needs --workspace W, or --project DIR --write to change default_environment in meltano.yml")
+  end
+  local project = locate(ctx, opts)
+  meltano.active_environment(project, { flag = name }) -- an unknown name raises, listing the known ones
+  if name == "null" then usage("env use: pick an environment by name (null is not supported)") end
+  if not opts.write then
+    usage(string.format("env use --project rewrites default_environment in %s: add --write to do it", project.file))
+  end
+  local path = project.file
+  local text, rerr = fs.read(path)
+  if not text then errors.raise(rerr) end
+  local previous = project.default_environment
+  local new, eerr = require("moonops.yaml").edit(text, { "default_environment" }, name, { create = true, name = path })
+  if not new then errors.raise(eerr) end
+  if new ~= text then
+    local st = fs.stat(path)
+    local ok, werr = fs.write_atomic(path, new, st and st.mode or 420)
+    if not ok then errors.raise(werr) end
+  end
+  if opts.json then
+    ctx.print(json.pretty({ default = name, previous = previous or json.null, file = path }))
+  else
+    ctx.print(string.format("default_environment: %s -> %s (%s)\n", previous or "(none)", name, path))
+  end
+  return 0
+end
+
+return {
+  summary = "List, show, diff and switch the environments of a meltano.yml",
+  usage = "list|show|diff|use [options]",
+  description = [[
+Every setting of every plugin as it resolves in an environment, with the layer it
+came from (env, dotenv, environment, base, inherited, default) and its origin
+(file:line, .env:line or $VARIABLE). Secrets are shown as (redacted) unless --unsafe.
+The project is --project DIR, the current release of --workspace W, or the current
+directory.]],
+  commands = {
+    list = {
+      summary = "environments, the default and the active one",
+      options = with_common({}),
+      max_args = 0,
+      run = list_cmd,
+    },
+    show = {
+      summary = "every resolved setting, its source and origin",
+      options = with_common({
+        { "environment", short = "e", type = "string", metavar = "E", help = "resolve in E (null: no environment)" },
+        { "plugin", short = "p", type = "string", metavar = "P", help = "only plugin P" },
+        { "unsafe", type = "boolean", help = "show sensitive values instead of (redacted)" },
+        { "strict", type = "boolean", help = "a $VAR that is not set is an error" },
+      }),
+      max_args = 0,
+      run = show_cmd,
+    },
+    diff = {
+      usage = "E1 E2",
+      summary = "settings whose resolved values differ between two environments",
+      options = with_common({
+        { "strict", type = "boolean", help = "a $VAR that is not set is an error" },
+      }),
+      max_args = 2,
+      run = diff_cmd,
+    },
+    use = {
+      usage = "E",
+      summary = "switch the active environment (--workspace) or default_environment (--project --write)",
+      options = with_common({
+        { "write", type = "boolean", help = "with --project: rewrite default_environment in meltano.yml" },
+      }),
+      max_args = 1,
+      run = use_cmd,
+    },
+  },
+  examples = {
+    "moonops env list --project .",
+    "moonops env show --environment prod --plugin tap-auth0",
+    "moonops env show --json > resolved.json",
+    "moonops env diff dev prod",
+    "moonops env use prod --project . --write",
+  },
+  -- for deployments: load a project directory with a recorded active environment
+  open_project = open_project,
+}

@@ -1,0 +1,483 @@
+-- moonops.git against the git CLI and real servers (git daemon, smart HTTP with Basic auth).
+local T = require "support.t"
+local gitserve = require "support.gitserve"
+local git = require "moonops.git"
+
+local AUTHOR = { name = "Test Author", email = "author@example.com" }
+
+-- The git CLI with a private HOME and no system config, in `dir`.
+local function G(home, dir, cmd)
+  local out, ok, code = T.sh(string.format("cd %s && export GIT_CONFIG_NOSYSTEM=1 HOME=%s "
+    .. "GIT_AUTHOR_DATE='2024-01-01T00:00:00Z' GIT_COMMITTER_DATE='2024-01-01T00:00:00Z' && { %s; } 2>&1",
+    T.q(dir), T.q(home), cmd))
+  assert(ok, string.format("`%s` failed (%s): %s", cmd, tostring(code), out))
+  return (out:gsub("%s+$", ""))
+end
+
+-- A fresh sandbox: home with user.name/email, helpers to make repositories.
+local function sandbox()
+  local root = T.tmpdir()
+  local home = root .. "/home"
+  os.execute("mkdir -p " .. T.q(home))
+  G(home, root, "git config --global user.name 'Test User' && git config --global user.email test@example.com"
+    .. " && git config --global init.defaultBranch main")
+  local sb = { root = root, home = home }
+  function sb.git(dir, cmd) return G(home, dir, cmd) end
+  -- A work repository with files {path = content}; returns its directory.
+  function sb.repo(name, files)
+    local dir = root .. "/" .. name
+    sb.git(root, "git init -q " .. T.q(name))
+    for path, content in pairs(files or {}) do T.write(dir .. "/" .. path, content) end
+    sb.git(dir, "git add -A && git commit -q --allow-empty -m initial")
+    return dir
+  end
+  function sb.commit(dir, files, message)
+    for path, content in pairs(files) do
+      if content == false then
+        os.remove(dir .. "/" .. path)
+      else
+        T.write(dir .. "/" .. path, content)
+      end
+    end
+    sb.git(dir, "git add -A && git commit -q -m " .. T.q(message or "change"))
+    return sb.git(dir, "git rev-parse HEAD")
+  end
+  return sb
+end
+
+local function sorted_paths(list)
+  local out = {}
+  for _, e in ipairs(list) do out[#out + 1] = e.path .. "=" .. (e.status or e.change or e.kind) end
+  table.sort(out)
+  return out
+end
+
+describe("moonops.git", function()
+  after_each(T.cleanup)
+
+  describe("opening and inspecting", function()
+    it("opens a work tree and reports head, path and workdir", function()
+      local sb = sandbox()
+      local dir = sb.repo("w", { ["a.txt"] = "a\n" })
+      local repo <close> = assert(git.open(dir))
+      local head = repo:head()
+      assert.equal("refs/heads/main", head.ref)
+      assert.equal("main", head.branch)
+      assert.equal(sb.git(dir, "git rev-parse HEAD"), head.commit)
+      assert.is_false(head.unborn)
+      assert.equal(dir .. "/.git/", repo:path())
+      assert.equal(dir .. "/", repo:workdir())
+    end)
+
+    it("fails to open a directory that is not a repository, naming it", function()
+      local sb = sandbox()
+      local repo, err, code = git.open(sb.root)
+      assert.is_nil(repo)
+      assert.matches("open " .. sb.root:gsub("%p", "%%%0"), err)
+      assert.equal("ENOTFOUND", code)
+    end)
+
+    it("initialises bare and work repositories with an unborn branch", function()
+      local sb = sandbox()
+      local bare <close> = assert(git.init(sb.root .. "/b.git", { bare = true, branch = "trunk" }))
+      assert.is_nil(bare:workdir())
+      local head = bare:head()
+      assert.is_true(head.unborn)
+      assert.equal("refs/heads/trunk", head.ref)
+      assert.equal("trunk", sb.git(sb.root .. "/b.git", "git symbolic-ref --short HEAD"))
+    end)
+
+    it("raises on use of a closed repository, and closing twice is harmless", function()
+      local sb = sandbox()
+      local repo = assert(git.open(sb.repo("w")))
+      repo:close()
+      repo:close()
+      assert.has_error(function() repo:head() end, "use of a closed git repository")
+    end)
+
+    it("resolves revisions like git rev-parse, peeling annotated tags", function()
+      local sb = sandbox()
+      local dir = sb.repo("w", { f = "1" })
+      local second = sb.commit(dir, { f = "2" })
+      sb.git(dir, "git tag -a v1 -m release HEAD~1")
+      local repo <close> = assert(git.open(dir))
+      assert.equal(second, repo:resolve("HEAD"))
+      assert.equal(sb.git(dir, "git rev-parse HEAD~1"), repo:resolve("v1"))
+      assert.equal(sb.git(dir, "git rev-parse HEAD^{tree}"), repo:resolve("HEAD^{tree}"))
+      local none, err, code = repo:resolve("no-such-branch")
+      assert.is_nil(none)
+      assert.matches("resolve no%-such%-branch", err)
+      assert.equal("ENOTFOUND", code)
+      assert.has_error(function() repo:resolve() end)
+    end)
+
+    it("reports status, cleanliness and the merge state", function()
+      local sb = sandbox()
+      local dir = sb.repo("w", { f = "base\n", g = "keep\n" })
+      local repo <close> = assert(git.open(dir))
+      assert.is_true(repo:is_clean())
+      assert.equal("none", repo:state())
+      T.write(dir .. "/f", "changed\n")
+      T.write(dir .. "/new", "x")
+      os.remove(dir .. "/g")
+      assert.is_false(repo:is_clean())
+      assert.same({ "f=modified", "g=deleted", "new=untracked" }, sorted_paths(repo:status()))
+      sb.git(dir, "git checkout -q -- f g && rm new")
+      assert.is_true(repo:is_clean())
+      T.write(dir .. "/new", "x")
+      assert.is_true(repo:is_clean({ untracked = false }))
+      os.remove(dir .. "/new")
+      -- a merge stopped on a conflict
+      sb.git(dir, "git checkout -q -b side && echo side > f && git commit -qam side && git checkout -q main"
+        .. " && echo main > f && git commit -qam main")
+      T.sh(string.format("cd %s && env GIT_CONFIG_NOSYSTEM=1 HOME=%s git merge side >/dev/null 2>&1", T.q(dir), T.q(sb.home)))
+      assert.equal("merge", repo:state())
+      assert.same({ "f=conflicted" }, sorted_paths(repo:status()))
+    end)
+  end)
+
+  describe("history and content", function()
+    it("lists the log newest first with parents, author and message", function()
+      local sb = sandbox()
+      local dir = sb.repo("w", { f = "1" })
+      sb.commit(dir, { f = "2" }, "second\n\nbody")
+      local repo <close> = assert(git.open(dir))
+      local log = repo:log("HEAD")
+      assert.equal(2, #log)
+      assert.equal(sb.git(dir, "git rev-parse HEAD"), log[1].sha)
+      assert.same({ log[2].sha }, log[1].parents)
+      assert.same({}, log[2].parents)
+      assert.equal("Test User", log[1].author)
+      assert.equal("test@example.com", log[1].email)
+      assert.equal(1704067200, log[1].time)
+      assert.equal("second\n\nbody\n", log[1].message)
+      assert.equal(1, #repo:log("HEAD", { limit = 1 }))
+      assert.is_nil(repo:log("nope"))
+    end)
+
+    it("reads a file at a commit, and reports a missing one", function()
+      local sb = sandbox()
+      local dir = sb.repo("w", { ["d/f.bin"] = "a\0b" })
+      sb.commit(dir, { ["d/f.bin"] = "new" })
+      local repo <close> = assert(git.open(dir))
+      assert.equal("a\0b", repo:read("HEAD~1", "d/f.bin"))
+      assert.equal("new", repo:read("HEAD", "d/f.bin"))
+      local none, err, code = repo:read("HEAD", "d/missing")
+      assert.is_nil(none)
+      assert.equal("read HEAD:d/missing: no such file", err)
+      assert.equal("ENOENT", code)
+      assert.equal("EISDIR", select(3, repo:read("HEAD", "d")))
+    end)
+
+    it("exports a tree into a plain directory with modes and symlinks, no .git", function()
+      local sb = sandbox()
+      local dir = sb.repo("w", { ["run.sh"] = "#!/bin/sh\n", ["a/b/c.txt"] = "deep\n", ["meltano.yml"] = "x: 1\n" })
+      sb.git(dir, "chmod +x run.sh && ln -s a/b/c.txt link && git add -A && git commit -qm more")
+      local repo <close> = assert(git.open(dir))
+      local out = sb.root .. "/export"
+      assert.equal(4, repo:export("HEAD", out))
+      assert.equal("deep\n", T.read(out .. "/a/b/c.txt"))
+      assert.equal("a/b/c.txt", (T.sh("readlink " .. T.q(out .. "/link")):gsub("%s+$", "")))
+      local _, exec = T.sh("test -x " .. T.q(out .. "/run.sh"))
+      local _, plain = T.sh("test -x " .. T.q(out .. "/meltano.yml"))
+      assert.is_true(exec)
+      assert.is_false(plain)
+      local _, has_git = T.sh("test -e " .. T.q(out .. "/.git"))
+      assert.is_false(has_git)
+      -- only matching paths
+      local some = sb.root .. "/some"
+      assert.equal(1, repo:export("HEAD", some, { match = { "*.yml" } }))
+      assert.equal("", (T.sh("cd " .. T.q(some) .. " && find . -type f ! -name meltano.yml")))
+      -- a file where a directory is needed
+      T.write(sb.root .. "/blocked", "x")
+      local ok, err = repo:export("HEAD", sb.root .. "/blocked")
+      assert.is_nil(ok)
+      assert.matches("export HEAD", err)
+    end)
+
+    it("diffs two commits with per-file status, line counts, renames and binary files", function()
+      local sb = sandbox()
+      local dir = sb.repo("w", { keep = "1\n2\n3\n", gone = "bye\n", old = string.rep("same line\n", 20),
+        img = "\0\1\2" })
+      sb.commit(dir, { keep = "1\ntwo\n3\n4\n", gone = false, old = false, new = string.rep("same line\n", 20),
+        added = "hi\n", img = "\0\1\3" })
+      local repo <close> = assert(git.open(dir))
+      local by = {}
+      for _, d in ipairs(repo:diff("HEAD~1", "HEAD")) do by[d.path] = d end
+      assert.equal("modified", by.keep.status)
+      assert.equal(2, by.keep.additions)
+      assert.equal(1, by.keep.deletions)
+      assert.equal("deleted", by.gone.status)
+      assert.equal("renamed", by.new.status)
+      assert.equal("old", by.new.old_path)
+      assert.equal("added", by.added.status)
+      assert.is_true(by.img.binary)
+      assert.is_false(by.keep.binary)
+      -- from the empty tree
+      assert.equal(4, #repo:diff(nil, "HEAD~1"))
+    end)
+
+    it("commits the work tree and moves refs only when they are where expected", function()
+      local sb = sandbox()
+      local dir = sb.repo("w", { f = "1" })
+      local repo <close> = assert(git.open(dir))
+      local first = repo:resolve("HEAD")
+      T.write(dir .. "/f", "2")
+      T.write(dir .. "/g", "new")
+      assert.is_true(repo:add_all())
+      local sha = assert(repo:commit({ message = "from lua", author = AUTHOR }))
+      assert.equal(sha, sb.git(dir, "git rev-parse HEAD"))
+      assert.equal(first, sb.git(dir, "git rev-parse HEAD~1"))
+      assert.equal("Test Author <author@example.com>", sb.git(dir, "git log -1 --format='%an <%ae>'"))
+      assert.equal("", sb.git(dir, "git status --porcelain"))
+      -- update_ref with an expected old value
+      assert.is_true(repo:update_ref("refs/heads/copy", sha))
+      local ok, err, code = repo:update_ref("refs/heads/copy", first, { expect = first })
+      assert.is_nil(ok)
+      assert.matches("update refs/heads/copy", err)
+      assert.equal("EMOVED", code)
+      assert.is_true(repo:update_ref("refs/heads/copy", first, { expect = sha }))
+      assert.equal(first, sb.git(dir, "git rev-parse copy"))
+      -- a ref that must not exist yet
+      assert.equal("EMOVED", select(3, repo:update_ref("refs/heads/copy", sha, { expect = "" })))
+      assert.is_true(repo:update_ref("refs/moonops/backup/x", sha, { expect = "" }))
+      -- checkout of a branch moves HEAD to it
+      assert.is_true(repo:checkout("copy"))
+      assert.equal("refs/heads/copy", repo:head().ref)
+      assert.equal("1", T.read(dir .. "/f"))
+    end)
+  end)
+
+  describe("merging in memory", function()
+    local function two_sided(sb, base_files, ours_files, theirs_files)
+      local dir = sb.repo("w", base_files)
+      sb.git(dir, "git branch theirs")
+      sb.commit(dir, ours_files, "ours")
+      sb.git(dir, "git checkout -q theirs")
+      sb.commit(dir, theirs_files, "theirs")
+      sb.git(dir, "git checkout -q main")
+      return dir
+    end
+
+    it("merges like git merge -X theirs: same tree, both tips as parents, no ref touched", function()
+      local sb = sandbox()
+      local dir = two_sided(sb, { f = "a\nb\nc\n", g = "1\n" }, { f = "a\nOURS\nc\n", g = "1\n2\n" },
+        { f = "a\nTHEIRS\nc\n", h = "new\n" })
+      local repo <close> = assert(git.open(dir))
+      local before = repo:resolve("HEAD")
+      local r = assert(repo:merge("main", "theirs", { favor = "theirs", author = AUTHOR, message = "m" }))
+      assert.is_false(r.up_to_date)
+      assert.is_false(r.fast_forward)
+      assert.is_false(r.unrelated)
+      assert.same({}, r.conflicts)
+      assert.equal(before, repo:resolve("HEAD"))
+      assert.same({ before, repo:resolve("theirs") }, repo:log(r.commit, { limit = 1 })[1].parents)
+      assert.same({ "f=modified", "h=added" }, sorted_paths(r.files))
+      sb.git(dir, "git merge -q -X theirs --no-edit theirs")
+      assert.equal(sb.git(dir, "git rev-parse HEAD^{tree}"), r.tree)
+      assert.equal("a\nTHEIRS\nc\n", repo:read(r.commit, "f"))
+    end)
+
+    it("refuses unrelated histories unless allowed, then keeps both tips as parents", function()
+      local sb = sandbox()
+      local a = sb.repo("a", { f = "ours\n", only_a = "1" })
+      local b = sb.repo("b", { f = "theirs\n", only_b = "2" })
+      sb.git(a, "git fetch -q " .. T.q(b) .. " main:refs/remotes/b/main")
+      local repo <close> = assert(git.open(a))
+      local r, err, code = repo:merge("HEAD", "refs/remotes/b/main", { favor = "theirs" })
+      assert.is_nil(r)
+      assert.matches("unrelated histories", err)
+      assert.equal("EUNRELATED", code)
+      r = assert(repo:merge("HEAD", "refs/remotes/b/main", { favor = "theirs", allow_unrelated = true, author = AUTHOR }))
+      assert.is_true(r.unrelated)
+      assert.same({}, r.conflicts)
+      assert.equal("theirs\n", repo:read(r.commit, "f"))
+      assert.same({ repo:resolve("HEAD"), repo:resolve("refs/remotes/b/main") }, repo:log(r.commit, { limit = 1 })[1].parents)
+      sb.git(a, "git merge -q -X theirs --allow-unrelated-histories --no-edit b/main")
+      assert.equal(sb.git(a, "git rev-parse HEAD^{tree}"), r.tree)
+    end)
+
+    it("reports fast-forward and up-to-date without making a commit", function()
+      local sb = sandbox()
+      local dir = sb.repo("w", { f = "1" })
+      sb.git(dir, "git branch old")
+      local tip = sb.commit(dir, { f = "2" })
+      local repo <close> = assert(git.open(dir))
+      local ff = assert(repo:merge("old", "main", { favor = "theirs" }))
+      assert.is_true(ff.fast_forward)
+      assert.equal(tip, ff.commit)
+      assert.same({ "f=modified" }, sorted_paths(ff.files))
+      local same = assert(repo:merge("main", "old", { favor = "theirs" }))
+      assert.is_true(same.up_to_date)
+      assert.equal(tip, same.commit)
+      assert.same({}, same.files)
+    end)
+
+    it("lists conflicts -X theirs cannot resolve (modify/delete) and makes no commit", function()
+      local sb = sandbox()
+      local dir = two_sided(sb, { f = "base\n", g = "g\n" }, { f = "ours changed\n" }, { f = false })
+      local repo <close> = assert(git.open(dir))
+      local r = assert(repo:merge("main", "theirs", { favor = "theirs" }))
+      assert.is_nil(r.commit)
+      assert.equal(1, #r.conflicts)
+      assert.equal("f", r.conflicts[1].path)
+      assert.equal("modify/delete", r.conflicts[1].kind)
+      assert.is_string(r.conflicts[1].ours)
+      assert.is_nil(r.conflicts[1].theirs)
+      assert.has_error(function() repo:merge("main", "theirs", { favor = "sideways" }) end)
+    end)
+  end)
+
+  describe("remotes over git daemon", function()
+    local sb, srv, bare
+    before_each(function()
+      sb = sandbox()
+      os.execute("mkdir -p " .. T.q(sb.root .. "/srv"))
+      local src = sb.repo("src", { f = "1\n" })
+      sb.git(sb.root, "git clone -q --bare src srv/ws.git")
+      bare = sb.root .. "/srv/ws.git"
+      srv = gitserve.daemon(sb.root .. "/srv")
+      assert.is_string(src)
+    end)
+    after_each(function() srv.stop() end)
+
+    it("clones, fetches with progress, and pushes with the expected old value", function()
+      local events = {}
+      local repo <close> = assert(git.clone(srv.url("ws.git"), sb.root .. "/c", {
+        progress = function(p) events[#events + 1] = p end }))
+      assert.is_true(#events > 0)
+      assert.equal("receiving", events[1].phase)
+      assert.is_number(events[#events].total_objects)
+      assert.same({ { name = "origin", url = srv.url("ws.git") } }, repo:remotes())
+      local old = repo:resolve("HEAD")
+      T.write(sb.root .. "/c/f", "2\n")
+      repo:add_all()
+      local new = repo:commit({ message = "two", author = AUTHOR })
+      local pushed = {}
+      assert.is_true(repo:push("origin", { "refs/heads/main:refs/heads/main" },
+        { expect = old, progress = function(p) pushed[#pushed + 1] = p.phase end }))
+      assert.equal(new, sb.git(bare, "git rev-parse main"))
+      -- the remote is no longer at `old`
+      T.write(sb.root .. "/c/f", "3\n")
+      repo:add_all()
+      repo:commit({ message = "three", author = AUTHOR })
+      local ok, err, code = repo:push("origin", { "refs/heads/main:refs/heads/main" }, { expect = old })
+      assert.is_nil(ok)
+      assert.equal("EMOVED", code)
+      assert.matches("target moved", err)
+      assert.equal(new, sb.git(bare, "git rev-parse main"))
+      -- ls_remote sees the server's refs
+      local heads = {}
+      for _, h in ipairs(assert(repo:ls_remote("origin"))) do heads[h.name] = h.sha end
+      assert.equal(new, heads["refs/heads/main"])
+    end)
+
+    it("reports a non-fast-forward push as rejected", function()
+      local repo <close> = assert(git.clone(srv.url("ws.git"), sb.root .. "/c"))
+      local other = sb.root .. "/other"
+      sb.git(sb.root, "git clone -q " .. T.q(srv.url("ws.git")) .. " other")
+      sb.commit(other, { f = "elsewhere\n" })
+      sb.git(other, "git push -q origin main")
+      T.write(sb.root .. "/c/f", "mine\n")
+      repo:add_all()
+      repo:commit({ message = "mine", author = AUTHOR })
+      local ok, err, code = repo:push("origin", { "refs/heads/main:refs/heads/main" })
+      assert.is_nil(ok)
+      assert.equal("EREJECTED", code)
+      assert.equal("push origin refs/heads/main: rejected (non-fast-forward)", err)
+    end)
+
+    it("turns a pre-receive rejection into an error with the server's reason", function()
+      T.write(bare .. "/hooks/pre-receive", "#!/bin/sh\necho 'main is frozen' >&2\nexit 1\n")
+      os.execute("chmod +x " .. T.q(bare .. "/hooks/pre-receive"))
+      local repo <close> = assert(git.clone(srv.url("ws.git"), sb.root .. "/c"))
+      T.write(sb.root .. "/c/f", "2\n")
+      repo:add_all()
+      repo:commit({ message = "two", author = AUTHOR })
+      local ok, err, code = repo:push("origin", { "refs/heads/main:refs/heads/main" })
+      assert.is_nil(ok)
+      assert.equal("EREJECTED", code)
+      assert.matches("^push origin refs/heads/main: rejected %(pre%-receive hook declined", err)
+      assert.matches("main is frozen", err)
+    end)
+
+    it("aborts a fetch whose progress function raises, with that message", function()
+      local repo <close> = assert(git.init(sb.root .. "/e"))
+      local ok, err = repo:fetch(srv.url("ws.git"), { "+refs/heads/*:refs/remotes/x/*" },
+        { progress = function() error("stop right there") end })
+      assert.is_nil(ok)
+      assert.matches("stop right there", err)
+      assert.has_error(function() repo:fetch(srv.url("ws.git"), nil, { progress = 42 }) end)
+    end)
+
+    it("fetches by URL into the refs named, and fails clearly for a missing repository or server", function()
+      local repo <close> = assert(git.init(sb.root .. "/e"))
+      assert.is_true(repo:fetch(srv.url("ws.git"), { "+refs/heads/main:refs/remotes/src/main" }))
+      assert.equal(sb.git(bare, "git rev-parse main"), repo:resolve("refs/remotes/src/main"))
+      local ok, err = repo:fetch(srv.url("nope.git"), { "+refs/heads/main:refs/remotes/src/main" })
+      assert.is_nil(ok)
+      assert.matches("^fetch git://127%.0%.0%.1:%d+/nope%.git: ", err)
+      local port = T.free_port()
+      ok, err = repo:fetch(string.format("git://127.0.0.1:%d/ws.git", port), { "+refs/heads/main:refs/x" })
+      assert.is_nil(ok)
+      assert.matches("fetch git://127%.0%.0%.1:" .. port, err)
+    end)
+  end)
+
+  describe("smart HTTP with Basic auth", function()
+    local sb, web
+    before_each(function()
+      sb = sandbox()
+      os.execute("mkdir -p " .. T.q(sb.root .. "/srv"))
+      sb.repo("src", { f = "1\n" })
+      sb.git(sb.root, "git clone -q --bare src srv/ws.git")
+      web = gitserve.http(sb.root .. "/srv", { user = "bot", token = "s3cret-token-value" })
+    end)
+    after_each(function() web.stop() end)
+
+    it("clones and pushes with a token", function()
+      local creds = { username = "bot", token = "s3cret-token-value" }
+      local repo <close> = assert(git.clone(web.url("ws.git"), sb.root .. "/c", { credentials = creds }))
+      T.write(sb.root .. "/c/f", "2\n")
+      repo:add_all()
+      local sha = repo:commit({ message = "two", author = AUTHOR })
+      assert.is_true(repo:push("origin", { "refs/heads/main:refs/heads/main" }, { credentials = creds }))
+      assert.equal(sha, sb.git(sb.root .. "/srv/ws.git", "git rev-parse main"))
+    end)
+
+    it("gives up after a bounded number of attempts with a wrong token, never printing it", function()
+      local ok, err, code = git.clone(web.url("ws.git"), sb.root .. "/c",
+        { credentials = { username = "bot", token = "wrong-token-1234" } })
+      assert.is_nil(ok)
+      assert.equal("EAUTH", code)
+      assert.matches("authentication failed", err)
+      assert.matches("3 attempts", err)
+      assert.is_nil(err:find("wrong-token-1234", 1, true))
+    end)
+
+    it("says credentials are needed when none are given, and strips userinfo from URLs", function()
+      local r = T.moonops({ "lua", "-e", string.format([[
+        local git = require "moonops.git"
+        local _, err = git.clone(%q, %q)
+        print(err)
+        _, err = git.clone(%q, %q)
+        print(err)]], web.url("ws.git"), sb.root .. "/c1",
+        web.url("ws.git"):gsub("//", "//bot:leaked-secret-99@"), sb.root .. "/c2") },
+        { env = { MOONOPS_GIT_TOKEN = false, HOME = sb.home } })
+      assert.equal(0, r.code, r.stderr)
+      assert.matches("authentication required", r.stdout)
+      assert.is_nil(r.stdout:find("leaked-secret-99", 1, true))
+      assert.is_nil(r.stdout:find("bot:", 1, true))
+    end)
+
+    it("takes the token from $MOONOPS_GIT_TOKEN", function()
+      local r = T.moonops({ "lua", "-e", string.format([[
+        local git = require "moonops.git"
+        local repo = assert(git.clone(%q, %q, { credentials = { username = "bot" } }))
+        print(repo:head().commit)]], web.url("ws.git"), sb.root .. "/c") },
+        { env = { MOONOPS_GIT_TOKEN = "s3cret-token-value", HOME = sb.home } })
+      assert.equal(0, r.code, r.stderr)
+      assert.equal(sb.git(sb.root .. "/srv/ws.git", "git rev-parse main") .. "\n", r.stdout)
+    end)
+  end)
+end)
