@@ -48,7 +48,9 @@ return {
         local rec = schedule.run(ctx.settings, name, {
           db = ctx.store,
           on_output = not quiet and function(stream, chunk)
-            (stream == "stderr" and io.stderr or io.stdout):write(ctx.log.mask(chunk))
+            local f = stream == "stderr" and io.stderr or io.stdout
+            f:write(ctx.log.mask(chunk))
+            f:flush()
           end or nil,
         })
         if opts.json then ctx.print(ctx.json.pretty(rec)) end

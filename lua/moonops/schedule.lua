@@ -60,6 +60,11 @@ function M.next_run(s, after)
   return cron.next(parsed, after or os.time(), is_utc(s))
 end
 
+-- moonops.yml by absolute path: crontab lines and markers must not depend on the cwd.
+local function config_path(settings)
+  return fs.realpath(settings.path) or settings.path
+end
+
 local function lock_dir(settings) return settings.data_dir .. "/locks" end
 local function log_dir(settings) return settings.data_dir .. "/logs/schedules" end
 
@@ -107,7 +112,7 @@ end
 
 --- The argv that runs a schedule's recipe in a child moonops.
 function M.argv(settings, s)
-  local argv = { engine.exe, "--config", settings.path, s.recipe }
+  local argv = { engine.exe, "--config", config_path(settings), s.recipe }
   for _, a in ipairs(s.args or {}) do argv[#argv + 1] = tostring(a) end
   return argv
 end
@@ -204,13 +209,14 @@ function M.crontab_lines(settings)
     lines[#lines + 1] = string.format("# moonops schedule %s: %s%s", s.name, s.recipe,
       is_utc(s) and " (UTC in moonops; cron runs this line in the system's time zone)" or "")
     lines[#lines + 1] = string.format("%s %s --config %s schedule run %s >>%s 2>&1", expr, shq(engine.exe),
-      shq(settings.path), shq(s.name), shq(log_dir(settings) .. "/cron.log"))
+      shq(config_path(settings)), shq(s.name), shq(log_dir(settings) .. "/cron.log"))
   end
   return lines
 end
 
 local function markers(settings)
-  return "# BEGIN moonops " .. settings.path, "# END moonops " .. settings.path
+  local path = config_path(settings)
+  return "# BEGIN moonops " .. path, "# END moonops " .. path
 end
 
 local function read_crontab()
