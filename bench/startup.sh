@@ -37,7 +37,7 @@ median_ms() {
     t0=$EPOCHREALTIME
     "$@" >/dev/null 2>&1 || true
     t1=$EPOCHREALTIME
-    samples+=("$(((${t1/./} - ${t0/./})))") # microseconds
+    samples+=("$((${t1/[.,]/} - ${t0/[.,]/}))") # microseconds
   done
   printf '%s\n' "${samples[@]}" | sort -n | awk '{ a[NR] = $1 } END {
     m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; printf "%.3f\n", m / 1000 }'
@@ -50,22 +50,47 @@ times[1]=$(median_ms "$bin" recipes)
 if command -v lua5.4 >/dev/null; then times[2]=$(median_ms lua5.4 -e ''); else times[2]="n/a"; fi
 if command -v python3 >/dev/null; then times[3]=$(median_ms python3 -c ''); else times[3]="n/a"; fi
 
+# The floor set by the dynamic loader: an empty C program linked against the same
+# libraries, and against all of them but libcurl, libgit2 and libmicrohttpd.
+floor_all="n/a" floor_light="n/a"
+if command -v cc >/dev/null && command -v pkg-config >/dev/null; then
+  echo 'int main(void) { return 0; }' >"$work/empty.c"
+  # shellcheck disable=SC2046 # the flags are meant to split into words
+  if cc "$work/empty.c" -o "$work/floor_all" -Wl,--no-as-needed \
+    $(pkg-config --libs lua5.4 yaml-0.1 libcurl libgit2 openssl libmicrohttpd sqlite3) 2>/dev/null &&
+    cc "$work/empty.c" -o "$work/floor_light" -Wl,--no-as-needed \
+      $(pkg-config --libs lua5.4 yaml-0.1 openssl sqlite3) 2>/dev/null; then
+    floor_all=$(median_ms "$work/floor_all")
+    floor_light=$(median_ms "$work/floor_light")
+  fi
+fi
+
 tool="a bash loop timed with \$EPOCHREALTIME"
 command -v hyperfine >/dev/null && tool="hyperfine -N ($(hyperfine --version))"
 cpu=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | sed 's/.*: //' || echo unknown)
+load=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo unknown)
 
 section=$(mktemp "$work/section.XXXXXX")
 {
   echo "## Startup"
   echo
   echo "Median wall time of $runs runs each, measured with $tool, on $(nproc) x $cpu,"
-  echo "$(date -u +%Y-%m-%d) (\`bench/startup.sh\`). Target: the moonops lines well under 10 ms."
+  echo "$(date -u +%Y-%m-%d), load average $load when done (\`bench/startup.sh\`). Target: the moonops"
+  echo "lines well under 10 ms. Other work on the machine inflates every line alike."
   echo
   echo "| command | median (ms) |"
   echo "| --- | ---: |"
   for i in "${!names[@]}"; do echo "| \`${names[$i]}\` | ${times[$i]} |"; done
+  echo "| an empty C program linked like moonops | $floor_all |"
+  echo "| ... without libcurl, libgit2, libmicrohttpd | $floor_light |"
   echo
-  echo "$("$bin" version)"
+  echo "Most of moonops' start-up is the dynamic loader: the two last lines show what"
+  echo "mapping and relocating the linked libraries costs before any moonops code runs"
+  echo "(Debian builds them with BIND_NOW, so every symbol is resolved at start). Loading"
+  echo "libcurl, libgit2 and libmicrohttpd only when a module needs them would save the"
+  echo "difference on every cron run that does not talk to git or HTTP."
+  echo
+  "$bin" version
   echo
 } >"$section"
 
@@ -81,3 +106,4 @@ fi
 cp "$work/RESULTS.md" "$results"
 
 for i in "${!names[@]}"; do printf '%-22s %8s ms\n' "${names[$i]}" "${times[$i]}"; done
+printf '%-22s %8s ms\n' "empty, linked alike" "$floor_all" "empty, lighter links" "$floor_light"

@@ -1,7 +1,611 @@
-/* moonops.config (to be written) */
+/*
+ * moonops.config: layered configuration. Deep merge (mappings key by key,
+ * arrays whole, null falls through, {} hides), flattening to dotted names and
+ * back, resolution of a stack of layers with the origin of every leaf, and
+ * $VAR / ${VAR} expansion.
+ *
+ * Results are always new tables; copies of mappings loaded by moonops.yaml keep
+ * their provenance (key order and lines).
+ */
+#include <string.h>
+
 #include "internal.h"
 
-int luaopen_moonops_config(lua_State *L) {
+#define MAX_DEPTH 1000
+#define MAX_LAYERS 64
+
+/* ------------------------------------------------------------------------ */
+/* values                                                                    */
+
+static int is_null(lua_State *L, int idx) {
+  return lua_islightuserdata(L, idx) && lua_touserdata(L, idx) == NULL;
+}
+
+static int absent(lua_State *L, int idx) {
+  return lua_isnil(L, idx) || is_null(L, idx);
+}
+
+/* An array: marked with the array metatable, or a plain table whose keys are exactly 1..n. */
+static int is_array(lua_State *L, int idx) {
+  if (!lua_istable(L, idx)) return 0;
+  if (lua_getmetatable(L, idx)) {
+    mo_push_array_mt(L);
+    int eq = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (eq) return 1;
+  }
+  lua_Integer n = (lua_Integer)lua_rawlen(L, idx), count = 0;
+  if (n == 0) return 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > n) {
+      lua_pop(L, 1);
+      return 0;
+    }
+    count++;
+  }
+  return count == n;
+}
+
+static int is_mapping(lua_State *L, int idx) {
+  return lua_istable(L, idx) && !is_array(L, idx);
+}
+
+static int is_empty(lua_State *L, int idx) {
+  lua_pushnil(L);
+  if (lua_next(L, idx)) {
+    lua_pop(L, 2);
+    return 0;
+  }
+  return 1;
+}
+
+/* A mapping with at least one key: the only kind of value that merges. */
+static int is_open_mapping(lua_State *L, int idx) {
+  return is_mapping(L, idx) && !is_empty(L, idx);
+}
+
+static void too_deep(lua_State *L, const char *op) {
+  luaL_error(L, "config.%s: nesting deeper than %d levels (a table that contains itself?)", op,
+             MAX_DEPTH);
+}
+
+/* Give the new table at `to` the metatable and yaml provenance of the table at `from`. */
+static void copy_identity(lua_State *L, int from, int to) {
+  if (lua_getmetatable(L, from)) lua_setmetatable(L, to);
+  mo_yaml_push_meta(L, from);
+  if (lua_istable(L, -1)) mo_yaml_set_meta(L, to, -1);
+  lua_pop(L, 1);
+}
+
+/* Push a deep copy of the value at idx. */
+static void copy_value(lua_State *L, int idx, int depth) {
+  if (!lua_istable(L, idx)) {
+    lua_pushvalue(L, idx);
+    return;
+  }
+  if (depth > MAX_DEPTH) too_deep(L, "copy");
+  luaL_checkstack(L, 6, "config copy");
+  lua_createtable(L, (int)lua_rawlen(L, idx), 0);
+  int t = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    copy_value(L, lua_gettop(L), depth + 1);
+    lua_remove(L, -2);
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, t);
+  }
+  copy_identity(L, idx, t);
+}
+
+/* ------------------------------------------------------------------------ */
+/* flattened names: a growable buffer kept in a userdata slot on the stack   */
+
+typedef struct {
+  lua_State *L;
+  int slot; /* stack index of the userdata holding the bytes */
+  char *p;
+  size_t len, cap;
+} namebuf;
+
+static void name_init(lua_State *L, namebuf *nb) {
+  nb->L = L;
+  nb->cap = 256;
+  nb->len = 0;
+  nb->p = lua_newuserdatauv(L, nb->cap, 0);
+  nb->slot = lua_gettop(L);
+}
+
+static void name_reserve(namebuf *nb, size_t extra) {
+  if (nb->len + extra <= nb->cap) return;
+  size_t cap = nb->cap;
+  while (cap < nb->len + extra) cap *= 2;
+  char *p = lua_newuserdatauv(nb->L, cap, 0);
+  memcpy(p, nb->p, nb->len);
+  lua_replace(nb->L, nb->slot);
+  nb->p = p;
+  nb->cap = cap;
+}
+
+/* Append `.key` (escaping `\` and `.`); returns the previous length to restore. */
+static size_t name_push(namebuf *nb, lua_State *L, int key) {
+  size_t old = nb->len, n;
+  int converted = lua_type(L, key) != LUA_TSTRING;
+  const char *k = converted ? luaL_tolstring(L, key, &n) : lua_tolstring(L, key, &n);
+  name_reserve(nb, 2 * n + 1);
+  if (old > 0) nb->p[nb->len++] = '.';
+  for (size_t i = 0; i < n; i++) {
+    if (k[i] == '.' || k[i] == '\\') nb->p[nb->len++] = '\\';
+    nb->p[nb->len++] = k[i];
+  }
+  if (converted) lua_pop(L, 1);
+  return old;
+}
+
+/* ------------------------------------------------------------------------ */
+/* merge and resolve                                                         */
+
+typedef struct {
+  int name, file; /* stack indices of the layer's name and file (or 0) */
+} layer_info;
+
+typedef struct {
+  lua_State *L;
+  int sources; /* stack index of the sources table; 0 when not tracking */
+  layer_info *layers;
+  namebuf name;
+} merger;
+
+/* sources[name] = {layer = ..., origin = "file:line"} for a leaf from layer `id`. */
+static void record_leaf(merger *c, int id, int parent, int key) {
+  lua_State *L = c->L;
+  if (!c->sources) return;
+  luaL_checkstack(L, 6, "config sources");
+  lua_pushlstring(L, c->name.p, c->name.len);
+  lua_createtable(L, 0, 2);
+  layer_info *li = &c->layers[id];
+  if (li->name) {
+    lua_pushvalue(L, li->name);
+    lua_setfield(L, -2, "layer");
+  }
+  const char *file = li->file ? lua_tostring(L, li->file) : NULL;
+  if (file == NULL && parent) file = mo_yaml_source(L, parent);
+  int line = parent && key ? mo_yaml_key_line(L, parent, key) : 0;
+  if (file != NULL && line > 0) lua_pushfstring(L, "%s:%d", file, line);
+  else if (file != NULL) lua_pushstring(L, file);
+  else if (line > 0) lua_pushfstring(L, "line %d", line);
+  else lua_pushnil(L);
+  lua_setfield(L, -2, "origin");
+  lua_rawset(L, c->sources);
+}
+
+static void merge_tables(merger *c, int nc, const int *tables, const int *ids, int depth);
+
+/*
+ * Push the merged value of one slot. vals[i] (highest priority first) are stack
+ * indices of the values the layers hold there (nil when absent); parents[i] the
+ * tables holding them and key the key (both 0 at the root).
+ */
+static void merge_slot(merger *c, int n, const int *vals, const int *ids, const int *parents,
+                       int key, int depth) {
+  lua_State *L = c->L;
+  int first = -1, null_at = -1;
+  for (int i = 0; i < n && first < 0; i++) {
+    if (!absent(L, vals[i])) first = i;
+    else if (null_at < 0 && is_null(L, vals[i])) null_at = i;
+  }
+  if (first < 0) {
+    /* nothing but null (or nothing at all) */
+    if (null_at < 0) {
+      lua_pushnil(L);
+      return;
+    }
+    lua_pushlightuserdata(L, NULL);
+    if (parents) record_leaf(c, ids[null_at], parents[null_at], key);
+    return;
+  }
+  if (!is_open_mapping(L, vals[first])) {
+    /* a scalar, an array or an empty mapping: taken whole, and it hides what is below */
+    copy_value(L, vals[first], depth);
+    if (parents) record_leaf(c, ids[first], parents[first], key);
+    return;
+  }
+  int tables[MAX_LAYERS], tids[MAX_LAYERS], nc = 0;
+  for (int i = first; i < n; i++) {
+    if (absent(L, vals[i])) continue;
+    if (!is_open_mapping(L, vals[i])) break; /* replaced by the mapping above it */
+    tables[nc] = vals[i];
+    tids[nc++] = ids[i];
+  }
+  merge_tables(c, nc, tables, tids, depth);
+}
+
+/* Push the merge of nc non-empty mappings (highest priority first). */
+static void merge_tables(merger *c, int nc, const int *tables, const int *ids, int depth) {
+  lua_State *L = c->L;
+  if (depth > MAX_DEPTH) too_deep(L, "merge");
+  luaL_checkstack(L, nc + 12, "config merge");
   lua_newtable(L);
+  int result = lua_gettop(L);
+  int meta = 0; /* with several layers: the key order, lines unknown (sources has them) */
+  lua_Integer nkeys = 0;
+  if (nc > 1) {
+    lua_createtable(L, MO_META_HEAD + 16, 0);
+    meta = lua_gettop(L);
+    lua_pushinteger(L, 0);
+    lua_rawseti(L, meta, MO_META_LINE);
+    lua_pushinteger(L, 0);
+    lua_rawseti(L, meta, MO_META_COL);
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, meta, MO_META_SOURCE);
+  }
+  int base = lua_gettop(L);
+  /* keys in order: the lowest layer's first, then each higher layer's new ones */
+  for (int li = nc - 1; li >= 0; li--) {
+    mo_yaml_push_keys(L, tables[li]);
+    int keys = lua_gettop(L);
+    lua_Integer nk = (lua_Integer)lua_rawlen(L, keys);
+    for (lua_Integer k = 1; k <= nk; k++) {
+      lua_rawgeti(L, keys, k);
+      int key = lua_gettop(L);
+      lua_pushvalue(L, key);
+      if (lua_rawget(L, result) != LUA_TNIL) {
+        lua_settop(L, keys);
+        continue;
+      }
+      lua_pop(L, 1);
+      int vals[MAX_LAYERS];
+      for (int j = 0; j < nc; j++) {
+        lua_pushvalue(L, key);
+        lua_rawget(L, tables[j]);
+        vals[j] = lua_gettop(L);
+      }
+      size_t mark = c->sources ? name_push(&c->name, L, key) : 0;
+      merge_slot(c, nc, vals, ids, tables, key, depth + 1);
+      if (c->sources) c->name.len = mark;
+      if (!lua_isnil(L, -1)) {
+        lua_pushvalue(L, key);
+        lua_insert(L, -2);
+        lua_rawset(L, result);
+        if (meta && lua_type(L, key) == LUA_TSTRING) {
+          nkeys++;
+          lua_pushvalue(L, key);
+          lua_rawseti(L, meta, MO_META_HEAD + 2 * nkeys - 1);
+          lua_pushinteger(L, 0);
+          lua_rawseti(L, meta, MO_META_HEAD + 2 * nkeys);
+        }
+      }
+      lua_settop(L, keys);
+    }
+    lua_settop(L, base);
+  }
+  if (meta) mo_yaml_set_meta(L, result, meta);
+  else copy_identity(L, tables[0], result);
+  lua_settop(L, result);
+}
+
+/* config.merge(base, overlay) -> new value */
+static int config_merge(lua_State *L) {
+  lua_settop(L, 2);
+  layer_info layers[2] = {{0, 0}, {0, 0}};
+  merger c = {.L = L, .sources = 0, .layers = layers};
+  int vals[2] = {2, 1}, ids[2] = {0, 1};
+  merge_slot(&c, 2, vals, ids, NULL, 0, 0);
+  return 1;
+}
+
+/* config.resolve(layers) -> value, sources
+ * layers: highest priority first, each {name = "environment", value = table, file = "meltano.yml"} */
+static int config_resolve(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  int n = (int)lua_rawlen(L, 1);
+  if (n > MAX_LAYERS) return luaL_argerror(L, 1, "too many layers (at most 64)");
+  luaL_checkstack(L, 3 * n + 10, "config.resolve");
+  layer_info layers[MAX_LAYERS];
+  int vals[MAX_LAYERS], ids[MAX_LAYERS];
+  for (int i = 0; i < n; i++) {
+    if (lua_rawgeti(L, 1, i + 1) != LUA_TTABLE)
+      return luaL_argerror(L, 1, lua_pushfstring(L, "layer %d is not a table", i + 1));
+    int layer = lua_gettop(L);
+    lua_getfield(L, layer, "value");
+    vals[i] = lua_gettop(L);
+    ids[i] = i;
+    int t = lua_getfield(L, layer, "name");
+    if (t != LUA_TNIL && t != LUA_TSTRING)
+      return luaL_argerror(L, 1, lua_pushfstring(L, "layer %d: name must be a string", i + 1));
+    layers[i].name = t == LUA_TNIL ? 0 : lua_gettop(L);
+    t = lua_getfield(L, layer, "file");
+    if (t != LUA_TNIL && t != LUA_TSTRING)
+      return luaL_argerror(L, 1, lua_pushfstring(L, "layer %d: file must be a string", i + 1));
+    layers[i].file = t == LUA_TNIL ? 0 : lua_gettop(L);
+  }
+  lua_newtable(L);
+  int sources = lua_gettop(L);
+  merger c = {.L = L, .sources = sources, .layers = layers};
+  name_init(L, &c.name);
+  merge_slot(&c, n, vals, ids, NULL, 0, 0);
+  if (absent(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+  }
+  lua_pushvalue(L, sources);
+  return 2;
+}
+
+/* ------------------------------------------------------------------------ */
+/* flatten and nest                                                          */
+
+static void flatten_into(lua_State *L, int t, int flat, int names, lua_Integer *n, namebuf *nb,
+                         int depth) {
+  if (depth > MAX_DEPTH) too_deep(L, "flatten");
+  luaL_checkstack(L, 8, "config.flatten");
+  mo_yaml_push_keys(L, t);
+  int keys = lua_gettop(L);
+  lua_Integer nk = (lua_Integer)lua_rawlen(L, keys);
+  for (lua_Integer k = 1; k <= nk; k++) {
+    lua_rawgeti(L, keys, k);
+    int key = lua_gettop(L);
+    size_t mark = name_push(nb, L, key);
+    lua_pushvalue(L, key);
+    lua_rawget(L, t);
+    int v = lua_gettop(L);
+    if (is_open_mapping(L, v)) {
+      flatten_into(L, v, flat, names, n, nb, depth + 1);
+    } else {
+      lua_pushlstring(L, nb->p, nb->len);
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, names, ++*n);
+      lua_pushvalue(L, v);
+      lua_rawset(L, flat);
+    }
+    nb->len = mark;
+    lua_settop(L, keys);
+  }
+  lua_pop(L, 1);
+}
+
+/* config.flatten(t) -> {["a.b.c"] = leaf}, names (in document order) */
+static int config_flatten(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  namebuf nb;
+  name_init(L, &nb); /* 2 */
+  lua_newtable(L);   /* 3 */
+  lua_newtable(L);   /* 4 */
+  mo_mark_array(L, 4);
+  lua_Integer n = 0;
+  if (!is_array(L, 1)) flatten_into(L, 1, 3, 4, &n, &nb, 0);
+  return 2;
+}
+
+/* Push the segments of a flattened name as an array of strings. */
+static void split_name(lua_State *L, const char *s, size_t len) {
+  luaL_Buffer b;
+  lua_newtable(L);
+  int parts = lua_gettop(L);
+  lua_Integer n = 0;
+  luaL_buffinit(L, &b);
+  for (size_t i = 0; i < len; i++) {
+    if (s[i] == '\\' && i + 1 < len) {
+      luaL_addchar(&b, s[++i]);
+    } else if (s[i] == '.') {
+      luaL_pushresult(&b);
+      lua_rawseti(L, parts, ++n);
+      luaL_buffinit(L, &b);
+    } else {
+      luaL_addchar(&b, s[i]);
+    }
+  }
+  luaL_pushresult(&b);
+  lua_rawseti(L, parts, ++n);
+}
+
+/* config.nest(flat) -> nested table | nil, err */
+static int config_nest(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  lua_newtable(L); /* 2: result */
+  lua_newtable(L); /* 3: tables made here (safe to extend) */
+  lua_pushvalue(L, 2);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, 3);
+  mo_yaml_push_keys(L, 1); /* 4: names, sorted, so "a" comes before "a.b" */
+  lua_Integer nk = (lua_Integer)lua_rawlen(L, 4);
+  for (lua_Integer k = 1; k <= nk; k++) {
+    if (lua_rawgeti(L, 4, k) != LUA_TSTRING)
+      return luaL_argerror(L, 1, "flattened names must be strings");
+    int name = lua_gettop(L);
+    size_t len;
+    const char *s = lua_tolstring(L, name, &len);
+    split_name(L, s, len);
+    int parts = lua_gettop(L);
+    lua_Integer np = (lua_Integer)lua_rawlen(L, parts);
+    lua_pushvalue(L, 2);
+    for (lua_Integer i = 1; i < np; i++) {
+      int cur = lua_gettop(L);
+      lua_rawgeti(L, parts, i);
+      lua_pushvalue(L, -1);
+      int t = lua_rawget(L, cur);
+      int ours = 0;
+      if (t == LUA_TTABLE) {
+        lua_pushvalue(L, -1);
+        ours = lua_rawget(L, 3) != LUA_TNIL;
+        lua_pop(L, 1);
+      }
+      if (t == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_pushboolean(L, 1);
+        lua_rawset(L, 3);
+        lua_pushvalue(L, -2);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, cur);
+      } else if (!ours) {
+        return mo_fail(L, "config.nest: \"%s\" goes inside a value that is not a mapping", s);
+      }
+      lua_replace(L, cur); /* descend: the child replaces cur; the key below it is dropped */
+      lua_settop(L, cur);
+    }
+    int cur = lua_gettop(L);
+    lua_rawgeti(L, parts, np);
+    int last = lua_gettop(L);
+    lua_pushvalue(L, last);
+    if (lua_rawget(L, cur) != LUA_TNIL)
+      return mo_fail(L, "config.nest: \"%s\" is given twice (as a value and as a mapping)", s);
+    lua_pop(L, 1);
+    lua_pushvalue(L, name);
+    lua_rawget(L, 1);
+    if (is_mapping(L, -1) && is_empty(L, lua_gettop(L))) {
+      /* an empty mapping: a fresh one, so deeper names can fill it without touching the input */
+      lua_pop(L, 1);
+      lua_newtable(L);
+      lua_pushvalue(L, -1);
+      lua_pushboolean(L, 1);
+      lua_rawset(L, 3);
+    }
+    lua_pushvalue(L, last);
+    lua_insert(L, -2);
+    lua_rawset(L, cur);
+    lua_settop(L, 4);
+  }
+  lua_settop(L, 2);
+  return 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* expand                                                                    */
+
+static int name_start(int c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
+}
+
+static int name_char(int c) {
+  return name_start(c) || (c >= '0' && c <= '9');
+}
+
+typedef struct {
+  lua_State *L;
+  int env, strict;
+  namebuf path;
+} expander;
+
+/* Push the expansion of the string at idx; on a missing variable in strict mode
+ * push its name and return 0. */
+static int expand_string(expander *x, int idx) {
+  lua_State *L = x->L;
+  size_t len;
+  const char *s = lua_tolstring(L, idx, &len);
+  if (memchr(s, '$', len) == NULL) {
+    lua_pushvalue(L, idx);
+    return 1;
+  }
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  size_t i = 0;
+  while (i < len) {
+    char ch = s[i];
+    if (ch == '\\' && i + 1 < len && s[i + 1] == '$') {
+      luaL_addchar(&b, '$');
+      i += 2;
+      continue;
+    }
+    if (ch != '$') {
+      luaL_addchar(&b, ch);
+      i++;
+      continue;
+    }
+    size_t name = 0, nlen = 0, next = 0;
+    if (i + 1 < len && name_start((unsigned char)s[i + 1])) {
+      name = i + 1;
+      nlen = 1;
+      while (name + nlen < len && name_char((unsigned char)s[name + nlen])) nlen++;
+      next = name + nlen;
+    } else if (i + 2 < len && s[i + 1] == '{' && name_start((unsigned char)s[i + 2])) {
+      name = i + 2;
+      while (name + nlen < len && name_char((unsigned char)s[name + nlen])) nlen++;
+      if (name + nlen < len && s[name + nlen] == '}') next = name + nlen + 1;
+      else nlen = 0; /* "${" without a name and "}": literal */
+    }
+    if (nlen == 0) {
+      luaL_addchar(&b, '$');
+      i++;
+      continue;
+    }
+    lua_pushlstring(L, s + name, nlen);
+    lua_gettable(L, x->env);
+    int t = lua_type(L, -1);
+    if (t == LUA_TSTRING || t == LUA_TNUMBER) {
+      luaL_addvalue(&b);
+    } else {
+      lua_pop(L, 1);
+      if (x->strict) {
+        lua_pushlstring(L, s + name, nlen);
+        return 0;
+      }
+    }
+    i = next;
+  }
+  luaL_pushresult(&b);
+  return 1;
+}
+
+/* Push the expanded copy of the value at idx; 0 (with the variable name pushed) on a strict miss. */
+static int expand_value(expander *x, int idx, int depth) {
+  lua_State *L = x->L;
+  if (lua_type(L, idx) == LUA_TSTRING) return expand_string(x, idx);
+  if (!lua_istable(L, idx)) {
+    lua_pushvalue(L, idx);
+    return 1;
+  }
+  if (depth > MAX_DEPTH) too_deep(L, "expand");
+  luaL_checkstack(L, 8, "config.expand");
+  lua_createtable(L, (int)lua_rawlen(L, idx), 0);
+  int t = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    size_t mark = name_push(&x->path, L, lua_gettop(L) - 1);
+    if (!expand_value(x, lua_gettop(L), depth + 1)) return 0;
+    x->path.len = mark;
+    lua_remove(L, -2);
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, t);
+  }
+  copy_identity(L, idx, t);
+  return 1;
+}
+
+/* config.expand(value, env [, opts]) -> expanded value | nil, err
+ * opts: {strict = true} makes a missing variable an error. */
+static int config_expand(lua_State *L) {
+  luaL_checkany(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  int strict = 0;
+  if (!lua_isnoneornil(L, 3)) {
+    luaL_checktype(L, 3, LUA_TTABLE);
+    strict = mo_optfield_boolean(L, 3, "strict", 0);
+  }
+  lua_settop(L, 2);
+  expander x = {.L = L, .env = 2, .strict = strict};
+  name_init(L, &x.path); /* 3 */
+  if (expand_value(&x, 1, 0)) return 1;
+  const char *var = lua_tostring(L, -1);
+  if (x.path.len > 0) {
+    lua_pushlstring(L, x.path.p, x.path.len);
+    return mo_fail(L, "variable %s is not set (in %s)", var, lua_tostring(L, -1));
+  }
+  return mo_fail(L, "variable %s is not set", var);
+}
+
+int luaopen_moonops_config(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+      {"merge", config_merge},   {"resolve", config_resolve}, {"flatten", config_flatten},
+      {"nest", config_nest},     {"expand", config_expand},   {NULL, NULL},
+  };
+  luaL_newlib(L, funcs);
   return 1;
 }

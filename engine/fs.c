@@ -219,7 +219,8 @@ static int fs_mkdtemp(lua_State *L) {
   return 1;
 }
 
-/* Remove one entry of the directory d; a directory is emptied first. */
+/* Remove one entry of the directory d, emptying a directory first: 1 removed, 0 already gone, -1.
+ */
 static int remove_entry(DIR *d, const char *n, const char **failed, char *name_out, size_t cap);
 
 /*
@@ -249,11 +250,12 @@ static int remove_contents(int dfd, const char **failed, char *name_out, size_t 
       }
       const char *n = ent->d_name;
       if (n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0'))) continue;
-      if (remove_entry(d, n, failed, name_out, cap) < 0) {
+      int r = remove_entry(d, n, failed, name_out, cap);
+      if (r < 0) {
         rc = -1;
         break;
       }
-      removed++;
+      removed += r;
     }
     if (removed && rc == 0) rewinddir(d);
   } while (removed && rc == 0);
@@ -272,7 +274,8 @@ static int remove_entry(DIR *d, const char *n, const char **failed, char *name_o
       break;
     }
     if (!S_ISDIR(st.st_mode)) {
-      if (unlinkat(dfd, n, 0) == 0 || errno == ENOENT) return 0;
+      if (unlinkat(dfd, n, 0) == 0) return 1;
+      if (errno == ENOENT) return 0;
       if (errno == EISDIR) continue; /* became a directory meanwhile */
       break;
     }
@@ -283,7 +286,8 @@ static int remove_entry(DIR *d, const char *n, const char **failed, char *name_o
       break;
     }
     if (remove_contents(sub, failed, name_out, cap) < 0) return -1;
-    if (unlinkat(dfd, n, AT_REMOVEDIR) == 0 || errno == ENOENT) return 0;
+    if (unlinkat(dfd, n, AT_REMOVEDIR) == 0) return 1;
+    if (errno == ENOENT) return 0;
     if (errno != ENOTDIR && errno != ENOTEMPTY) break;
   }
   if (*failed == NULL) {

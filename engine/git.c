@@ -95,7 +95,12 @@ static int fail_with(lua_State *L, int rc, const char *secret, const char *reaso
   va_end(ap);
   if (reason == NULL || reason[0] == '\0') {
     const git_error *e = git_error_last();
-    reason = (e && e->message && e->message[0]) ? e->message : "unknown libgit2 error";
+    if (e && e->message && e->message[0])
+      reason = e->message;
+    else if (rc == GIT_ENOTFOUND)
+      reason = "not found";
+    else
+      reason = "failed";
   }
   redact(reason, why, sizeof why);
   size_t n = strlen(why);
@@ -770,6 +775,7 @@ static int repo_push(lua_State *L) {
   }
   git_push_options po;
   git_push_options_init(&po, GIT_PUSH_OPTIONS_VERSION);
+  po.pb_parallelism = 0; /* one pack-building thread per CPU */
   netctx_callbacks(&n, &po.callbacks);
   git_remote *remote = NULL;
   int named;

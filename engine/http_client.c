@@ -69,7 +69,8 @@ static int client_close(lua_State *L) {
   *h = NULL;
   if (c->easy) curl_easy_cleanup(c->easy);
   if (c->share) curl_share_cleanup(c->share);
-  for (int i = 0; i < CURL_LOCK_DATA_LAST; i++) pthread_mutex_destroy(&c->locks[i]);
+  for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+    pthread_mutex_destroy(&c->locks[i]);
   free(c);
   return 0;
 }
@@ -79,13 +80,15 @@ static struct client *get_client(lua_State *L) {
   if (lua_getfield(L, LUA_REGISTRYINDEX, CLIENT_KEY) == LUA_TUSERDATA) {
     struct client *c = *(struct client **)lua_touserdata(L, -1);
     lua_pop(L, 1);
-    return c;
+    if (c) return c; /* else someone closed it: start a new one */
+  } else {
+    lua_pop(L, 1);
   }
-  lua_pop(L, 1);
   struct client **h = (struct client **)mo_newhandle(L, sizeof(struct client *), CLIENT_MT);
   struct client *c = calloc(1, sizeof *c);
   if (c == NULL) luaL_error(L, "out of memory");
-  for (int i = 0; i < CURL_LOCK_DATA_LAST; i++) pthread_mutex_init(&c->locks[i], NULL);
+  for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+    pthread_mutex_init(&c->locks[i], NULL);
   *h = c;
   c->share = curl_share_init();
   if (c->share) {
@@ -123,9 +126,9 @@ struct request {
   double timeout_s;
   curl_off_t max_body, received;
   struct buffer resp, hdrs;
-  char *current_url;     /* the URL of this hop (malloc'd) */
-  char *origin;          /* scheme://host:port of the first URL */
-  char *tmp_path;        /* output_file's temporary sibling while writing */
+  char *current_url; /* the URL of this hop (malloc'd) */
+  char *origin;      /* scheme://host:port of the first URL */
+  char *tmp_path;    /* output_file's temporary sibling while writing */
   FILE *out;
   enum sink sink;
   enum failure fail;
@@ -174,7 +177,8 @@ static int request_gc(lua_State *L) {
 static int buffer_add(struct buffer *b, const char *p, size_t n) {
   if (b->len + n + 1 > b->cap) {
     size_t cap = b->cap ? b->cap : 1024;
-    while (cap < b->len + n + 1) cap *= 2;
+    while (cap < b->len + n + 1)
+      cap *= 2;
     char *d = realloc(b->data, cap);
     if (d == NULL) return -1;
     b->data = d;
@@ -347,8 +351,8 @@ static void push_safe_url(lua_State *L, const char *url) {
 static int valid_token(const char *s) {
   if (*s == '\0') return 0;
   for (; *s; s++)
-    if (!strchr("!#$%&'*+-.^_`|~", *s) && !(*s >= '0' && *s <= '9') &&
-        !(*s >= 'a' && *s <= 'z') && !(*s >= 'A' && *s <= 'Z'))
+    if (!strchr("!#$%&'*+-.^_`|~", *s) && !(*s >= '0' && *s <= '9') && !(*s >= 'a' && *s <= 'z') &&
+        !(*s >= 'A' && *s <= 'Z'))
       return 0;
   return 1;
 }
@@ -580,8 +584,10 @@ static void push_headers(lua_State *L, const struct buffer *b) {
         luaL_addchar(&name, (*c >= 'A' && *c <= 'Z') ? (char)(*c - 'A' + 'a') : *c);
       luaL_pushresult(&name);
       const char *v = colon + 1, *ve = eol;
-      while (v < ve && (*v == ' ' || *v == '\t')) v++;
-      while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+      while (v < ve && (*v == ' ' || *v == '\t'))
+        v++;
+      while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+        ve--;
       lua_pushvalue(L, -1);
       if (lua_rawget(L, t) == LUA_TSTRING) {
         lua_pushliteral(L, ", ");
@@ -770,15 +776,16 @@ static int http_parse_url(lua_State *L) {
   static const struct {
     CURLUPart part;
     const char *name;
-  } parts[] = {{CURLUPART_SCHEME, "scheme"}, {CURLUPART_USER, "user"},
+  } parts[] = {{CURLUPART_SCHEME, "scheme"},     {CURLUPART_USER, "user"},
                {CURLUPART_PASSWORD, "password"}, {CURLUPART_HOST, "host"},
-               {CURLUPART_PORT, "port"}, {CURLUPART_PATH, "path"},
-               {CURLUPART_QUERY, "query"}, {CURLUPART_FRAGMENT, "fragment"}};
+               {CURLUPART_PORT, "port"},         {CURLUPART_PATH, "path"},
+               {CURLUPART_QUERY, "query"},       {CURLUPART_FRAGMENT, "fragment"}};
   lua_createtable(L, 0, 8);
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
     char *v = NULL;
     unsigned flags = parts[i].part == CURLUPART_PORT ? CURLU_DEFAULT_PORT : 0;
-    if (parts[i].part == CURLUPART_USER || parts[i].part == CURLUPART_PASSWORD) flags = CURLU_URLDECODE;
+    if (parts[i].part == CURLUPART_USER || parts[i].part == CURLUPART_PASSWORD)
+      flags = CURLU_URLDECODE;
     if (curl_url_get(u, parts[i].part, &v, flags) == CURLUE_OK && v) {
       if (parts[i].part == CURLUPART_PORT)
         lua_pushinteger(L, strtol(v, NULL, 10));

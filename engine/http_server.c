@@ -89,19 +89,22 @@ static int counter_add(const char *name, double n) {
   int ok = 1;
   pthread_mutex_lock(&counters_lock);
   size_t i = 0;
-  while (i < ncounters && strcmp(counters[i].name, name) != 0) i++;
+  while (i < ncounters && strcmp(counters[i].name, name) != 0)
+    i++;
   if (i == ncounters) {
     if (ncounters == counters_cap) {
       size_t cap = counters_cap ? counters_cap * 2 : 32;
       struct counter *grown = realloc(counters, cap * sizeof *grown);
-      if (grown == NULL) ok = 0;
+      if (grown == NULL)
+        ok = 0;
       else {
         counters = grown;
         counters_cap = cap;
       }
     }
     char *copy = ok ? strdup(name) : NULL;
-    if (copy == NULL) ok = 0;
+    if (copy == NULL)
+      ok = 0;
     else {
       counters[i].name = copy;
       counters[i].value = 0;
@@ -132,8 +135,10 @@ static const char *copy_value(lua_State *from, int idx, lua_State *to, int depth
   case LUA_TBOOLEAN: lua_pushboolean(to, lua_toboolean(from, idx)); return NULL;
   case LUA_TLIGHTUSERDATA: lua_pushlightuserdata(to, lua_touserdata(from, idx)); return NULL;
   case LUA_TNUMBER:
-    if (lua_isinteger(from, idx)) lua_pushinteger(to, lua_tointeger(from, idx));
-    else lua_pushnumber(to, lua_tonumber(from, idx));
+    if (lua_isinteger(from, idx))
+      lua_pushinteger(to, lua_tointeger(from, idx));
+    else
+      lua_pushnumber(to, lua_tonumber(from, idx));
     return NULL;
   case LUA_TSTRING: {
     size_t len;
@@ -199,7 +204,7 @@ struct background {
   int started;
   int finished;  /* under server.lock */
   int abandoned; /* the server is gone: the thread frees everything itself */
-  char *error;  /* message when fn raised, under server.lock */
+  char *error;   /* message when fn raised, under server.lock */
   char *channel;
 };
 
@@ -343,8 +348,8 @@ static void push_request(lua_State *L, struct server *s, struct MHD_Connection *
 /* ---- responses ---------------------------------------------------------- */
 
 static enum MHD_Result respond(struct MHD_Connection *c, unsigned status, const char *body,
-                               size_t len, const char *id, int close_after,
-                               const char *extra_name, const char *extra_value) {
+                               size_t len, const char *id, int close_after, const char *extra_name,
+                               const char *extra_value) {
   struct MHD_Response *resp =
       MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
   if (resp == NULL) return MHD_NO;
@@ -360,8 +365,7 @@ static enum MHD_Result respond(struct MHD_Connection *c, unsigned status, const 
 /* Tell the handler module about a request refused before Lua ran (for its logs
  * and metrics). Errors in the hook are ignored: the answer is already fixed. */
 static void report_rejected(struct server *s, struct MHD_Connection *c, struct request *r,
-                            const char *method, const char *url, int status,
-                            const char *reason) {
+                            const char *method, const char *url, int status, const char *reason) {
   struct worker *w = thread_worker(s);
   if (w == NULL || w->rejected_ref == LUA_NOREF) return;
   lua_State *L = w->L;
@@ -410,8 +414,8 @@ static enum MHD_Result run_handler(struct server *s, struct MHD_Connection *c, s
   if (lua_type(L, top + 2) == LUA_TTABLE) {
     lua_pushnil(L);
     while (lua_next(L, top + 2)) {
-      if (lua_type(L, -2) == LUA_TSTRING && (lua_type(L, -1) == LUA_TSTRING ||
-                                             lua_type(L, -1) == LUA_TNUMBER)) {
+      if (lua_type(L, -2) == LUA_TSTRING &&
+          (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER)) {
         lua_pushvalue(L, -1); /* tostring a copy, never the key */
         MHD_add_response_header(resp, lua_tostring(L, -3), lua_tostring(L, -1));
         lua_pop(L, 1);
@@ -434,8 +438,8 @@ static struct conn *conn_of(struct MHD_Connection *c) {
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_size, void **con_cls) {
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_size, void **con_cls) {
   (void)version;
   struct server *s = cls;
   struct request *r = *con_cls;
@@ -453,7 +457,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
       report_rejected(s, c, r, method, url, 503, "shutting down");
       return respond(c, 503, msg, sizeof msg - 1, r->id, 1, "Retry-After", "5");
     }
-    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *cl =
+        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl) {
       char *end;
       errno = 0;
@@ -477,7 +482,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (n > s->max_body - r->len) return MHD_NO; /* a chunked body over the limit: drop it */
     if (r->len + n > r->cap) {
       size_t cap = r->cap ? r->cap : 4096;
-      while (cap < r->len + n) cap *= 2;
+      while (cap < r->len + n)
+        cap *= 2;
       if (cap > s->max_body) cap = s->max_body;
       char *grown = realloc(r->body, cap);
       if (grown == NULL) return MHD_NO;
@@ -536,8 +542,10 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
     struct conn *k = *socket_context;
     if (k == NULL) return;
     pthread_mutex_lock(&s->conns_lock);
-    if (k->prev) k->prev->next = k->next;
-    else s->conns = k->next;
+    if (k->prev)
+      k->prev->next = k->next;
+    else
+      s->conns = k->next;
     if (k->next) k->next->prev = k->prev;
     pthread_mutex_unlock(&s->conns_lock);
     *socket_context = NULL;
@@ -994,8 +1002,8 @@ static int server_listen(lua_State *L) {
       {workers > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (intptr_t)workers, NULL},
       {MHD_OPTION_END, 0, NULL},
   };
-  s->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_ARRAY, opts,
-                               MHD_OPTION_END);
+  s->daemon =
+      MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
   int started = s->daemon != NULL;
   if (started) {
     s->reaper_started = pthread_create(&s->reaper, NULL, reaper_main, s) == 0;
@@ -1036,8 +1044,10 @@ static int srv_port(lua_State *L) {
 static int srv_wait(lua_State *L) {
   struct server *s = check_server(L);
   double timeout = -1;
-  if (lua_istable(L, 2)) timeout = mo_optfield_number(L, 2, "timeout", -1);
-  else if (!lua_isnoneornil(L, 2)) timeout = luaL_checknumber(L, 2);
+  if (lua_istable(L, 2))
+    timeout = mo_optfield_number(L, 2, "timeout", -1);
+  else if (!lua_isnoneornil(L, 2))
+    timeout = luaL_checknumber(L, 2);
   int ms = timeout < 0 ? -1 : (timeout > 86400 ? 86400000 : (int)ceil(timeout * 1000));
   struct pollfd p = {.fd = s->signals ? s->sigfd : -1, .events = POLLIN};
   int64_t deadline = now_ms() + ms;
@@ -1088,7 +1098,8 @@ static int srv_info(lua_State *L) {
   lua_setfield(L, -2, "stopping");
   int connections = 0;
   pthread_mutex_lock(&s->conns_lock);
-  for (struct conn *k = s->conns; k; k = k->next) connections++;
+  for (struct conn *k = s->conns; k; k = k->next)
+    connections++;
   pthread_mutex_unlock(&s->conns_lock);
   lua_pushinteger(L, connections);
   lua_setfield(L, -2, "connections");
@@ -1154,8 +1165,10 @@ static int server_counts(lua_State *L) {
   for (size_t i = 0; i < ncounters; i++) {
     lua_Number v = counters[i].value;
     lua_Integer iv = (lua_Integer)v;
-    if ((lua_Number)iv == v) lua_pushinteger(L, iv);
-    else lua_pushnumber(L, v);
+    if ((lua_Number)iv == v)
+      lua_pushinteger(L, iv);
+    else
+      lua_pushnumber(L, v);
     lua_setfield(L, -2, counters[i].name);
   }
   pthread_mutex_unlock(&counters_lock);
@@ -1164,8 +1177,8 @@ static int server_counts(lua_State *L) {
 
 int luaopen_moonops_server(lua_State *L) {
   static const luaL_Reg methods[] = {
-      {"port", srv_port},     {"wait", srv_wait}, {"reload", srv_reload},
-      {"info", srv_info},     {"stop", srv_stop}, {NULL, NULL},
+      {"port", srv_port}, {"wait", srv_wait}, {"reload", srv_reload},
+      {"info", srv_info}, {"stop", srv_stop}, {NULL, NULL},
   };
   static const luaL_Reg funcs[] = {
       {"listen", server_listen},

@@ -34,7 +34,8 @@ static struct channel *registry;
 static struct channel *channel_acquire(const char *name, int *err) {
   pthread_mutex_lock(&registry_lock);
   struct channel *ch = registry;
-  while (ch && strcmp(ch->name, name) != 0) ch = ch->next;
+  while (ch && strcmp(ch->name, name) != 0)
+    ch = ch->next;
   if (ch) {
     ch->refs++;
   } else {
@@ -64,7 +65,8 @@ static void channel_release(struct channel *ch) {
   pthread_mutex_lock(&registry_lock);
   if (--ch->refs == 0) {
     struct channel **p = &registry;
-    while (*p != ch) p = &(*p)->next;
+    while (*p != ch)
+      p = &(*p)->next;
     *p = ch->next;
     close(ch->fd);
     free(ch->name);

@@ -492,11 +492,26 @@ static int parse_error(builder *b) {
   if (p->error == YAML_MEMORY_ERROR) return luaL_error(b->L, "%s: out of memory", lua_tostring(b->L, b->name_idx));
   const char *problem = p->problem ? p->problem : "invalid YAML";
   yaml_mark_t mark = p->problem_mark;
+  if (p->error == YAML_READER_ERROR) {
+    /* the reader reports a byte offset only */
+    size_t off = p->problem_offset < b->len ? p->problem_offset : b->len, ls = 0;
+    mark.line = 0;
+    for (size_t i = 0; i < off; i++)
+      if (b->text[i] == '\n') mark.line++, ls = i + 1;
+    mark.column = 0;
+    for (size_t i = ls; i < off; i++)
+      if (((unsigned char)b->text[i] & 0xC0) != 0x80) mark.column++;
+    char byte[8];
+    snprintf(byte, sizeof byte, "0x%02X", off < b->len ? (unsigned char)b->text[off] : 0u);
+    return raise_at(b, mark, "%s (byte %s)", problem, byte);
+  }
   size_t at = char_to_byte(b->text, b->len, mark.index);
   if (at < b->len && b->text[at] == '\t')
     return raise_at(b, mark, "tab character where indentation is expected (YAML allows only spaces)");
-  if (p->context)
-    return raise_at(b, mark, "%s %s (at line %d)", problem, p->context, (int)p->context_mark.line + 1);
+  if (p->context && p->context_mark.line != mark.line)
+    return raise_at(b, mark, "%s %s (started on line %d)", problem, p->context,
+                    (int)p->context_mark.line + 1);
+  if (p->context) return raise_at(b, mark, "%s %s", problem, p->context);
   return raise_at(b, mark, "%s", problem);
 }
 
@@ -599,9 +614,9 @@ static void push_scalar(builder *b, yaml_event_t *e) {
                                                           : LUA_TNONE;
     if (want != LUA_TNONE) {
       int got = plain_type(L, s, n);
-      if (got != want) raise_at(b, e->start_mark, "'%s' is not a valid %s", s, tag);
-      if (tag_is(tag, "int") && !lua_isinteger(L, -1))
-        raise_at(b, e->start_mark, "'%s' is not a valid %s", s, tag);
+      const char *short_tag = tag + sizeof TAG_PREFIX - 1;
+      if (got != want || (tag_is(tag, "int") && !lua_isinteger(L, -1)))
+        raise_at(b, e->start_mark, "'%s' is not a valid !!%s", s, short_tag);
       if (tag_is(tag, "float") && lua_isinteger(L, -1)) {
         lua_Number f = (lua_Number)lua_tointeger(L, -1);
         lua_pop(L, 1);
@@ -804,7 +819,7 @@ static void build_sequence(builder *b, int depth) {
 /* Build the node whose first event is current; push its value. */
 static void build_node(builder *b, int depth) {
   yaml_event_t *e = &b->ld->event;
-  if (depth > MAX_DEPTH) raise_at(b, e->start_mark, "nesting deeper than %d levels", MAX_DEPTH);
+  if (depth >= MAX_DEPTH) raise_at(b, e->start_mark, "nesting deeper than %d levels", MAX_DEPTH);
   switch (e->type) {
   case YAML_SCALAR_EVENT:
     push_scalar(b, e);
@@ -1329,6 +1344,10 @@ static int push_scalar_text(lua_State *L, int v, yaml_scalar_style_t style) {
   return 1;
 }
 
+static int is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
 /* Skip the node whose first event is current (all of it, when a collection). */
 static void skip_node(builder *b) {
   yaml_event_type_t t = b->ld->event.type;
@@ -1341,13 +1360,25 @@ static void skip_node(builder *b) {
   }
 }
 
-static int edit_fail(lua_State *L, const char *fmt, ...) {
+/* Read the rest of the stream: a parse error or a second document anywhere wins over other errors. */
+static void drain(builder *b) {
+  yaml_event_t *e = &b->ld->event;
+  while (b->ld->event_live && e->type != YAML_STREAM_END_EVENT && e->type != YAML_NO_EVENT) {
+    e = next_event(b);
+    if (e->type == YAML_DOCUMENT_START_EVENT)
+      raise_at(b, e->start_mark, "a second YAML document (---) where one was expected");
+  }
+}
+
+static int edit_fail(builder *b, const char *fmt, ...) {
+  lua_State *L = b->L;
   va_list ap;
   lua_pushfstring(L, "yaml.edit %s: ", lua_tostring(L, 6));
   va_start(ap, fmt);
   lua_pushvfstring(L, fmt, ap);
   va_end(ap);
   lua_concat(L, 2);
+  drain(b);
   return lua_error(L);
 }
 
@@ -1367,13 +1398,17 @@ static void push_spliced(lua_State *L, const char *orig, size_t bom, size_t star
 static int edit_insert(builder *b, const char *orig, size_t bom, int key, int value, size_t col) {
   lua_State *L = b->L;
   yaml_mark_t m = b->ld->event.start_mark;
-  size_t at = char_to_byte(b->text, b->len, m.index);
-  while (at > 0 && b->text[at - 1] != '\n') at--;
+  size_t at = char_to_byte(b->text, b->len, m.index), p = at;
+  while (p > 0 && b->text[p - 1] == ' ') p--;
+  int newline = 0;
+  if (p == 0 || b->text[p - 1] == '\n') at = p; /* the next token starts its line: insert before it */
+  else newline = 1;                              /* the text ends mid-line */
+  drain(b);
   luaL_Buffer ins;
-  if (!push_scalar_text(L, value, YAML_PLAIN_SCALAR_STYLE)) edit_fail(L, "the value is not valid UTF-8");
-  if (!push_scalar_text(L, key, YAML_PLAIN_SCALAR_STYLE)) edit_fail(L, "the key is not valid UTF-8");
+  if (!push_scalar_text(L, value, YAML_PLAIN_SCALAR_STYLE)) edit_fail(b, "the value is not valid UTF-8");
+  if (!push_scalar_text(L, key, YAML_PLAIN_SCALAR_STYLE)) edit_fail(b, "the key is not valid UTF-8");
   luaL_buffinit(L, &ins);
-  if (at == b->len && b->len > 0 && b->text[b->len - 1] != '\n') luaL_addchar(&ins, '\n');
+  if (newline) luaL_addchar(&ins, '\n');
   for (size_t i = 0; i < col; i++) luaL_addchar(&ins, ' ');
   lua_pushvalue(L, -2);
   luaL_addvalue(&ins);
@@ -1399,7 +1434,7 @@ static int edit_protected(lua_State *L) {
 
   yaml_event_t *e = next_event(&b);
   e = next_event(&b);
-  if (e->type != YAML_DOCUMENT_START_EVENT) edit_fail(L, "the document is empty");
+  if (e->type != YAML_DOCUMENT_START_EVENT) edit_fail(&b, "the document is empty");
   e = next_event(&b);
   lua_Integer np = (lua_Integer)lua_rawlen(L, 3);
   for (lua_Integer i = 1; i <= np; i++) {
@@ -1428,55 +1463,68 @@ static int edit_protected(lua_State *L) {
       }
       if (!found) {
         if (create && i == np && !flow && nkeys > 0) return edit_insert(&b, orig, bom, comp, 4, col);
-        edit_fail(L, "no key \"%s\"", want);
+        edit_fail(&b, "no key \"%s\"", want);
       }
     } else if (e->type == YAML_SEQUENCE_START_EVENT) {
       if (!lua_isinteger(L, comp) || lua_tointeger(L, comp) < 1)
-        edit_fail(L, "element %d of the path must be an index (1, 2, ...) into a sequence", (int)i);
+        edit_fail(&b, "element %d of the path must be an index (1, 2, ...) into a sequence", (int)i);
       lua_Integer k = lua_tointeger(L, comp);
       for (lua_Integer j = 1; j <= k; j++) {
         e = next_event(&b);
         if (e->type == YAML_SEQUENCE_END_EVENT)
-          edit_fail(L, "index %d is past the end of the sequence", (int)k);
+          edit_fail(&b, "index %d is past the end of the sequence", (int)k);
         if (j < k) skip_node(&b);
       }
     } else if (e->type == YAML_ALIAS_EVENT) {
-      edit_fail(L, "the path goes through the alias *%s", (const char *)e->data.alias.anchor);
+      edit_fail(&b, "the path goes through the alias *%s", (const char *)e->data.alias.anchor);
     } else {
-      edit_fail(L, "element %d of the path indexes into a scalar", (int)i);
+      edit_fail(&b, "element %d of the path indexes into a scalar", (int)i);
     }
     lua_settop(L, comp - 1);
   }
-  if (e->type == YAML_ALIAS_EVENT) edit_fail(L, "the value is an alias, not a scalar");
+  if (e->type == YAML_ALIAS_EVENT) edit_fail(&b, "the value is an alias, not a scalar");
   if (e->type != YAML_SCALAR_EVENT)
-    edit_fail(L, "the value is a %s, not a scalar",
+    edit_fail(&b, "the value is a %s, not a scalar",
               e->type == YAML_MAPPING_START_EVENT ? "mapping" : "sequence");
 
   yaml_scalar_style_t style = e->data.scalar.style;
   size_t start = char_to_byte(text, len, e->start_mark.index);
   size_t end = start + char_to_byte(text + start, len - start,
                                     e->end_mark.index - e->start_mark.index);
-  if (e->data.scalar.anchor || e->data.scalar.tag) {
-    /* the node starts at its properties (&anchor, !tag); keep them */
-    size_t p = start;
-    while (p < end && (text[p] == '&' || text[p] == '!')) {
-      while (p < end && !strchr(" \t\r\n", text[p])) p++;
-      while (p < end && strchr(" \t\r\n", text[p])) p++;
+  /* The node starts at its properties (&anchor, !tag): keep the anchor, drop the tag,
+   * which would fight the new value's type. */
+  size_t anchor = 0, anchor_len = 0, p = start;
+  size_t name_len = e->data.scalar.anchor ? strlen((const char *)e->data.scalar.anchor) : 0;
+  while (p < end && (text[p] == '&' || text[p] == '!')) {
+    size_t q = p;
+    if (text[p] == '&') {
+      q = p + 1 + name_len < end ? p + 1 + name_len : end; /* the scalar may follow directly */
+      anchor = p, anchor_len = q - p;
+    } else {
+      while (q < end && !is_space(text[q]) && text[q] != ',') q++;
     }
-    start = p;
+    while (q < end && is_space(text[q])) q++;
+    p = q;
   }
-  int empty = e->data.scalar.length == 0 && style == YAML_PLAIN_SCALAR_STYLE && start >= end;
+  int empty = e->data.scalar.length == 0 && style == YAML_PLAIN_SCALAR_STYLE && p >= end;
   if (style == YAML_LITERAL_SCALAR_STYLE || style == YAML_FOLDED_SCALAR_STYLE) {
     /* keep the line break after the content and any blank lines that follow */
     size_t q = end;
-    while (q > start && strchr(" \t\r\n", text[q - 1])) q--;
+    while (q > p && is_space(text[q - 1])) q--;
     while (q < end && text[q] != '\n' && text[q] != '\r') q++;
     end = q;
     style = YAML_PLAIN_SCALAR_STYLE;
   }
-  if (!push_scalar_text(L, 4, style)) edit_fail(L, "the value is not valid UTF-8");
-  if (empty) {
-    start = end;
+  if (empty && start == end && (start == 0 || (text[start - 1] != ':' && text[start - 1] != '-')))
+    edit_fail(&b, "the value is empty and has no ':' or '-' to write it after");
+  drain(&b);
+  if (!push_scalar_text(L, 4, style)) edit_fail(&b, "the value is not valid UTF-8");
+  if (anchor_len > 0) {
+    lua_pushlstring(L, text + anchor, anchor_len);
+    lua_pushliteral(L, " ");
+    lua_rotate(L, -3, 2);
+    lua_concat(L, 3);
+  } else if (empty && start == end) {
     lua_pushliteral(L, " ");
     lua_insert(L, -2);
     lua_concat(L, 2);

@@ -37,6 +37,8 @@ local function open_project(dir, recorded, opts)
 end
 
 local function locate(ctx, opts)
+  -- a short-lived command that builds many small tables: collect less often
+  collectgarbage("incremental", 400)
   if opts.project and opts.workspace then usage("use either --project or --workspace, not both") end
   local env = meltano.process_env()
   opts.process_env = env
@@ -76,6 +78,7 @@ end
 local function render(v)
   if type(v) == "string" then return (v:gsub("\n", "\\n"):gsub("\t", "\\t")) end
   if v == nil then return "-" end
+  if v == json.null then return "null" end
   if type(v) == "table" then return json.encode(v) end
   return tostring(v)
 end
@@ -154,31 +157,43 @@ end
 
 -- The JSON document of `env show`, written directly: it can hold tens of thousands
 -- of settings and the general encoder sorts every object's keys.
+local SETTING = '%s\n          "name": %s,\n          "origin": %s,\n          "redacted": %s,\n          "source": %s,'
+  .. '\n          "value": %s\n        }'
+
 local function show_json(res)
-  local enc = json.encode
-  local out = { '{\n  "environment": ', res.environment and enc(res.environment) or "null", ',\n  "plugins": [' }
-  for i, p in ipairs(res.plugins) do
-    out[#out + 1] = (i > 1 and ",\n    {\n" or "\n    {\n")
-    out[#out + 1] = '      "name": ' .. enc(p.name) .. ',\n      "settings": ['
-    for j, s in ipairs(p.settings) do
-      local v = s.value
-      local tv = type(v)
-      local vtext
-      if tv == "string" then
-        vtext = enc(v)
-      elseif tv == "table" then
-        vtext = json.pretty(v):sub(1, -2):gsub("\n", "\n          ")
-      else
-        vtext = enc(v)
-      end
-      out[#out + 1] = (j > 1 and ",\n        {\n" or "\n        {\n") .. '          "name": ' .. enc(s.name)
-        .. ',\n          "origin": ' .. enc(s.origin or json.null) .. ',\n          "redacted": '
-        .. (s.redacted and "true" or "false") .. ',\n          "source": ' .. enc(s.source or json.null)
-        .. ',\n          "value": ' .. vtext .. "\n        }"
-    end
-    out[#out + 1] = (#p.settings > 0 and "\n      ],\n" or "],\n") .. '      "type": ' .. enc(p.type) .. "\n    }"
+  local enc, fmt = json.encode, string.format
+  -- most values are plain strings: quote them directly; names repeat, so remember them
+  local function str(v)
+    if v:find('[%c"\\]') then return enc(v) end
+    return '"' .. v .. '"'
   end
-  out[#out + 1] = (#res.plugins > 0 and "\n  ]\n}\n" or "]\n}\n")
+  local quoted = setmetatable({}, { __index = function(t, k)
+    local q = str(k)
+    t[k] = q
+    return q
+  end })
+  local function value(v)
+    local tv = type(v)
+    if tv == "string" then return str(v) end
+    if tv == "table" then return (json.pretty(v):sub(1, -2):gsub("\n", "\n          ")) end
+    if math.type(v) == "integer" then return tostring(v) end
+    return enc(v)
+  end
+  local out = { '{\n  "environment": ', res.environment and str(res.environment) or "null", ',\n  "plugins": [' }
+  local n = #out
+  for i, p in ipairs(res.plugins) do
+    n = n + 1
+    out[n] = fmt('%s\n    {\n      "name": %s,\n      "settings": [', i > 1 and "," or "", str(p.name))
+    for j, s in ipairs(p.settings) do
+      n = n + 1
+      out[n] = fmt(SETTING, j > 1 and ",\n        {" or "\n        {", quoted[s.name],
+        s.origin and str(s.origin) or "null", s.redacted and "true" or "false", s.source and quoted[s.source] or "null",
+        value(s.value))
+    end
+    n = n + 1
+    out[n] = fmt('%s      "type": %s\n    }', #p.settings > 0 and "\n      ],\n" or "],\n", str(p.type))
+  end
+  out[n + 1] = #res.plugins > 0 and "\n  ]\n}\n" or "]\n}\n"
   return table.concat(out)
 end
 
@@ -195,7 +210,12 @@ local function show_cmd(ctx, opts)
   warn_all(ctx, project)
   if not res then errors.raise(err, err:find("^plugin ") and errors.USAGE or errors.FAILURE) end
   if opts.json then
-    ctx.print(show_json(res))
+    -- the document is built from strings only: collecting now would walk the whole
+    -- resolved project again for nothing (memory grows by about the output's size)
+    collectgarbage("stop")
+    local text = show_json(res)
+    collectgarbage("restart")
+    ctx.print(text)
     return 0
   end
   ctx.print(string.format("environment: %s%s\n", name or "(none)", name and (" (" .. how .. ")") or ""))

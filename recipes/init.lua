@@ -107,6 +107,9 @@ referenced by secret_file. An existing moonops.yml is never overwritten.]],
     for i = 1, #STAGES do
       local path = dir .. "/" .. secret_files[i]
       if fs.stat(path) then errors.raise(path .. " already exists: remove it or init another DIR") end
+    end
+    for i = 1, #STAGES do
+      local path = dir .. "/" .. secret_files[i]
       ok, err = fs.write_atomic(path, crypto.hex(crypto.random(32)) .. "\n", tonumber("600", 8))
       if not ok then errors.raise("write " .. path .. ": " .. tostring(err)) end
     end

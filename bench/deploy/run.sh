@@ -102,8 +102,9 @@ for r in $(seq "$ROUNDS"); do
   S_LIVE+=($((t2 - t0))); S_DEP+=($((t2 - t1)))
 done
 
-# Check both really went live with the same tree.
-diff -r "$D/ops/data/workspaces/ws/current" "$D/shell/current" >/dev/null || {
+# Check both really went live with the same tree (moonops catches up with the last push).
+moonops_deploy
+diff -r "$D/ops/data/workspaces/ws/current/" "$D/shell/current/" || {
   echo "bench: the two live releases differ" >&2
   exit 1
 }

@@ -115,26 +115,47 @@ def merge(base, over):
         out = dict(base)
         for k, v in over.items():
             out[k] = merge(base.get(k), v)
-            if out[k] is None:
-                del out[k]
         return out
     return over
 
 
+def escape(key):
+    return str(key).replace("\\", "\\\\").replace(".", "\\.")
+
+
 def flatten(value, prefix="", out=None):
+    """Leaves by dotted name; None leaves are kept (a setting with no value)."""
     if out is None:
         out = {}
     for k, v in value.items():
-        name = prefix + str(k).replace(".", "\\.")
+        name = prefix + escape(k)
         if isinstance(v, dict) and v:
             flatten(v, name + ".", out)
-        elif v is not None:
+        else:
             out[name] = v
     return out
 
 
+def split_name(name):
+    parts, cur, i = [], [], 0
+    while i < len(name):
+        c = name[i]
+        if c == "\\" and i + 1 < len(name):
+            cur.append(name[i + 1])
+            i += 2
+            continue
+        if c == ".":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    parts.append("".join(cur))
+    return parts
+
+
 def set_path(table, name, value):
-    parts = [p.replace("\x00", ".") for p in name.replace("\\.", "\x00").split(".")]
+    parts = split_name(name)
     for p in parts[:-1]:
         if not isinstance(table.get(p), dict):
             table[p] = {}
@@ -340,18 +361,22 @@ def resolve(project, env_name, unsafe, strict):
                   ("default", default)]
         value = {}
         sources = {}
+        null_source = {}
         for lname, layer in reversed(layers):
             if not layer:
                 continue  # an empty layer adds nothing (only a nested {} hides)
             value = merge(value, layer)
-            for k in flatten(layer):
-                sources[k] = lname
+            for k, v in flatten(layer).items():
+                # a null only counts where no layer below has a value
+                if v is not None or k not in sources or null_source.get(k):
+                    sources[k] = lname
+                    null_source[k] = v is None
         flat = flatten(value)
         settings = []
         for sname in sorted(flat):
             v = flat[sname]
             src = sources[sname]
-            if src in ("environment", "base", "default"):
+            if src in ("environment", "base", "default") and not sname.startswith("_"):
                 v = expand(v, fullenv, strict)
             sensitive = any(sname == d or sname.startswith(d + ".")
                             for d, s in decls.items()

@@ -162,6 +162,9 @@ def main():
         main_w.add(0, "- name: " + env)
         main_w.add(1, "env:")
         main_w.add(2, "DB_HOST_BASE: %s-db" % env)
+        # settings set through an environment's env: block (UTIL_SOURCE<n>_USER)
+        for name, parent, i in by_type.get("utilities", [])[:20:4]:
+            main_w.add(2, "%s_USER: %s-user-%d" % (name.upper().replace("-", "_"), env, i))
         main_w.add(1, "config:")
         main_w.add(2, "plugins:")
         for ptype in ["extractors", "utilities"]:

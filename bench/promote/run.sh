@@ -1,7 +1,8 @@
 #!/bin/sh
 # Promotion benchmark: `moonops promote --yes` versus the documented git CLI flow
 #   git clone DST; git remote add src SRC; git pull -X theirs --allow-unrelated-histories src main; git push
-# on identical copies of a generated target (FILES files, COMMITS commits on each side).
+# on identical copies of a generated target (FILES files, COMMITS commits on each side),
+# with the remotes served by git daemon on loopback and as plain paths.
 # Usage: bench/promote/run.sh [MOONOPS_BIN] [FILES] [COMMITS]
 set -eu
 BIN=${1:-build/moonops}
@@ -11,50 +12,66 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 case $BIN in /*) ;; *) BIN=$(pwd)/$BIN ;; esac
 
 W=$(mktemp -d /tmp/moonops-bench-promote.XXXXXX)
-trap 'rm -rf "$W"' EXIT
+DAEMON=
+cleanup() {
+  [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT INT TERM
 export GIT_CONFIG_NOSYSTEM=1 HOME="$W/home"
-mkdir -p "$HOME"
+mkdir -p "$HOME" "$W/srv"
 git config --global user.name "Bench" && git config --global user.email bench@example.com
 git config --global init.defaultBranch main
 
 now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
+
 t=$(now)
 for side in source target; do
-  git init -q --bare "$W/$side.git"
-  "$BIN" lua "$HERE/generate.lua" "$side" "$FILES" "$COMMITS" | git -C "$W/$side.git" fast-import --done --quiet
+  git init -q --bare "$W/srv/$side.git"
+  "$BIN" lua "$HERE/generate.lua" "$side" "$FILES" "$COMMITS" | git -C "$W/srv/$side.git" fast-import --done --quiet
 done
-cp -a "$W/target.git" "$W/target-git.git"
-cp -a "$W/target.git" "$W/target-moonops.git"
-gen=$(echo "$(now) - $t" | bc)
+gen=$(since "$t")
 
-# the manual flow
-t=$(now)
-(
-  cd "$W"
-  git clone -q target-git.git manual
-  cd manual
-  git remote add src "$W/source.git"
-  git -c pull.rebase=false pull -q --no-edit -X theirs --allow-unrelated-histories src main
-  git push -q origin main
-)
-cli=$(echo "$(now) - $t" | bc)
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+git daemon --reuseaddr --listen=127.0.0.1 --port="$PORT" --base-path="$W/srv" --export-all \
+  --enable=receive-pack "$W/srv" 2>/dev/null &
+DAEMON=$!
+i=0
+until bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT" 2>/dev/null; do
+  i=$((i + 1)); [ $i -lt 100 ] || { echo "git daemon did not start" >&2; exit 1; }; sleep 0.05
+done
 
-# moonops (first run: clones the working copy)
-mkdir -p "$W/cwd"
-t=$(now)
-(cd "$W/cwd" && "$BIN" --quiet promote --from "$W/source.git" --to "$W/target-moonops.git" --yes >/dev/null)
-mo=$(echo "$(now) - $t" | bc)
+printf 'promote: %s files, %s commits on each side (generated in %s s)\n\n' "$FILES" "$COMMITS" "$gen"
+printf '| remotes | git CLI flow (s) | moonops promote --yes (s) | ratio | same tree and parents |\n'
+printf '| --- | ---: | ---: | ---: | --- |\n'
+status=0
+for kind in daemon path; do
+  rm -rf "$W/srv/t-git.git" "$W/srv/t-mo.git" "$W/manual" "$W/cwd"
+  cp -a "$W/srv/target.git" "$W/srv/t-git.git"
+  cp -a "$W/srv/target.git" "$W/srv/t-mo.git"
+  if [ "$kind" = daemon ]; then url() { echo "git://127.0.0.1:$PORT/$1"; }; else url() { echo "$W/srv/$1"; }; fi
 
-tree_cli=$(git -C "$W/target-git.git" rev-parse 'main^{tree}')
-tree_mo=$(git -C "$W/target-moonops.git" rev-parse 'main^{tree}')
-par_cli=$(git -C "$W/target-git.git" rev-parse 'main^@' | tr '\n' ' ')
-par_mo=$(git -C "$W/target-moonops.git" rev-parse 'main^@' | tr '\n' ' ')
-same=yes
-[ "$tree_cli" = "$tree_mo" ] && [ "$par_cli" = "$par_mo" ] || same=NO
+  t=$(now)
+  (
+    cd "$W"
+    git clone -q "$(url t-git.git)" manual
+    cd manual
+    git remote add src "$(url source.git)"
+    git -c pull.rebase=false pull -q --no-edit -X theirs --allow-unrelated-histories src main >/dev/null
+    git push -q origin main
+  )
+  cli=$(since "$t")
 
-printf 'promote: %s files, %s commits on each side (generated in %.2f s)\n' "$FILES" "$COMMITS" "$gen"
-printf '| %-44s | %9s |\n' "flow" "wall (s)"
-printf '| %-44s | %9.3f |\n' "git clone + remote add + pull -X theirs + push" "$cli"
-printf '| %-44s | %9.3f |\n' "moonops promote --yes" "$mo"
-printf 'ratio moonops/git: %.2f   same tree and parents: %s\n' "$(echo "$mo / $cli" | bc -l)" "$same"
-[ "$same" = yes ]
+  mkdir -p "$W/cwd"
+  t=$(now)
+  (cd "$W/cwd" && "$BIN" --quiet promote --from "$(url source.git)" --to "$(url t-mo.git)" --yes >/dev/null)
+  mo=$(since "$t")
+
+  same=yes
+  [ "$(git -C "$W/srv/t-git.git" rev-parse 'main^{tree}')" = "$(git -C "$W/srv/t-mo.git" rev-parse 'main^{tree}')" ] \
+    && [ "$(git -C "$W/srv/t-git.git" rev-parse 'main^@')" = "$(git -C "$W/srv/t-mo.git" rev-parse 'main^@')" ] \
+    || { same=NO; status=1; }
+  printf '| %s | %s | %s | %s | %s |\n' "$kind" "$cli" "$mo" "$(awk -v a="$mo" -v b="$cli" 'BEGIN { printf "%.2f", a / b }')" "$same"
+done
+exit $status

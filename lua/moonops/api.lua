@@ -154,9 +154,16 @@ local function workspace_json(ws)
   }
 end
 
+-- Deployments queued or running, counted per configured workspace so the
+-- (workspace_id, status) index answers it however long the history is.
 local function queue_depth(db)
-  local row = db:one("SELECT count(*) AS n FROM deployments WHERE status IN ('QUEUED', 'RUNNING')")
-  return row and row.n or 0
+  local n = 0
+  for _, ws in ipairs(state.settings.workspaces) do
+    local row = db:one([[SELECT count(*) AS n FROM deployments WHERE workspace_id = ?
+      AND status IN ('QUEUED', 'RUNNING')]], tostring(ws.id))
+    n = n + (row and row.n or 0)
+  end
+  return n
 end
 
 -- In one transaction: a redelivery answers with its deployment; else the queue
@@ -184,6 +191,19 @@ local function accept(ws, fields, provider, event_name)
   end)
 end
 
+-- The same few reasons come back on every filtered delivery: encode each once.
+local ignored_cache, ignored_cached = {}, 0
+local function ignored_answer(reason)
+  local text = ignored_cache[reason]
+  if not text then
+    text = json.encode({ ignored = reason }) .. "\n"
+    if ignored_cached < 256 then
+      ignored_cache[reason], ignored_cached = text, ignored_cached + 1
+    end
+  end
+  return 200, JSON_HEADERS, text
+end
+
 -- ---------------------------------------------------------------------------
 -- Routes: each returns outcome, status, headers, body
 
@@ -201,7 +221,7 @@ local function webhook_route(req, ws, route_provider)
   req.delivery = event.delivery
   local action, detail = webhook.decide(event, ws.branch)
   if action == "ping" then return "ping", answer(200, { pong = true }) end
-  if action == "ignore" then return "ignored", answer(200, { ignored = detail }) end
+  if action == "ignore" then return "ignored", ignored_answer(detail) end
   local ok, row, how = pcall(accept, ws, { trigger = "webhook", delivery = event.delivery, ref = detail.ref,
     after = detail.after }, event.provider, event.event)
   if not ok or (row == nil and how ~= "full") then

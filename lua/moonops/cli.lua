@@ -284,8 +284,9 @@ function M.context(name, gopts, positionals)
         return s
       elseif k == "store" then
         local db = require "moonops.db"
-        local s, err = db.open(t.settings.data_dir)
-        if not s then errors.raise(err, errors.FAILURE) end
+        local s, err, code = db.open(t.settings.data_dir)
+        -- a newer schema is fixed by configuration (another data_dir) or an upgrade
+        if not s then errors.raise(err, code == "newer" and errors.USAGE or errors.FAILURE) end
         rawset(t, "store", s)
         return s
       end

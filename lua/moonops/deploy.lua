@@ -465,11 +465,8 @@ local function run_hooks(settings, ws, release_dir, sha, environment, j)
 end
 
 -- Sensitive values of the release's resolved configuration never reach the log.
-local function register_sensitive(release_dir, environment)
-  local ok, meltano = pcall(require, "moonops.meltano")
-  if not ok then return end
-  local project = meltano.load(release_dir)
-  if not project then return end
+local function register_sensitive(project, environment)
+  local meltano = require "moonops.meltano"
   local resolved = meltano.resolve(project, { environment = environment, unsafe = true })
   for _, plugin in ipairs(resolved and resolved.plugins or {}) do
     for _, s in ipairs(plugin.settings or {}) do
@@ -478,7 +475,7 @@ local function register_sensitive(release_dir, environment)
   end
 end
 
-local function build_image(settings, db, ws, release_dir, environment, j)
+local function build_image(settings, db, ws, release_dir, sha, environment, j)
   local cfg = ws.image
   if type(cfg) ~= "table" or not cfg.build_on_deploy then return end
   local ok, image = pcall(require, "moonops.image")
@@ -489,6 +486,7 @@ local function build_image(settings, db, ws, release_dir, environment, j)
   j.add("image: building (build_on_deploy)")
   local pok, res, err = pcall(image.build, {
     dir = release_dir,
+    commit = sha,
     environment = environment,
     workspace = ws.name,
     registry = cfg.registry,
@@ -566,7 +564,7 @@ local function execute(settings, db, ws, row, opts)
     if not environment and type(project) == "table" and project.default_environment ~= json.null then
       environment = project.default_environment
     end
-    pcall(register_sensitive, release_dir, environment)
+    if type(project) == "table" then pcall(register_sensitive, project, environment) end
     j.add("valid (environment " .. tostring(environment or "none") .. ")")
     j.flush(true)
 
@@ -588,7 +586,7 @@ local function execute(settings, db, ws, row, opts)
     elseif #removed > 0 then
       j.add("pruned " .. table.concat(removed, ", "))
     end
-    build_image(settings, db, ws, release_dir, environment, j)
+    build_image(settings, db, ws, release_dir, sha, environment, j)
   end, function(e)
     if getmetatable(e) == failure_mt then return e.message end
     if type(e) == "table" and e.message then return tostring(e.message) end

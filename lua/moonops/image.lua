@@ -28,7 +28,8 @@ local backends = {}
 local function fail(msg, code) errors.raise(msg, code or errors.FAILURE) end
 
 --- Register a builder backend: {executable=, install=, build_argv=fn(o), push_argv=fn(o),
--- pushed_digest=fn(output)?}. Plugins call this through engine.register_builder.
+-- pushed_digest=fn(output)?, available=fn(exe, env)?}. Plugins use
+-- engine.register_image_builder, which this module also consults.
 function M.register_builder(name, backend)
   assert(type(name) == "string" and name ~= "", "register_builder: a name is required")
   assert(type(backend) == "table" and type(backend.build_argv) == "function"
@@ -41,9 +42,35 @@ function M.register_builder(name, backend)
   M.BUILDERS[#M.BUILDERS + 1] = name
 end
 
+-- Builders registered by plugins (engine.register_image_builder), when plugins are loaded.
+local function plugin_builders()
+  local plugins = package.loaded["moonops.plugins"]
+  return type(plugins) == "table" and type(plugins.registry) == "table" and plugins.registry.builders or {}
+end
+
+-- Every builder name, in the order they are tried.
+local function builder_names()
+  local names, seen = {}, {}
+  for _, n in ipairs(M.BUILDERS) do
+    names[#names + 1], seen[n] = n, true
+  end
+  local extra = {}
+  for n in pairs(plugin_builders()) do
+    if not seen[n] then extra[#extra + 1] = n end
+  end
+  table.sort(extra)
+  for _, n in ipairs(extra) do names[#names + 1] = n end
+  return names
+end
+
 --- The backend called `name`, or nil.
 function M.backend(name)
   if backends[name] then return backends[name] end
+  local from_plugin = plugin_builders()[name]
+  if type(from_plugin) == "table" then
+    from_plugin.name = from_plugin.name or name
+    return from_plugin
+  end
   if not tostring(name):match("^[%w_-]+$") then return nil end
   local ok, b = pcall(require, "moonops.builders." .. name)
   if ok and type(b) == "table" then
@@ -53,13 +80,15 @@ function M.backend(name)
   return nil
 end
 
---- The builder to use: `name`, or the first of M.BUILDERS found on PATH.
--- Returns backend, executable or nil, message.
-function M.find_builder(name, path)
+--- The builder to use: `name`, or the first of M.BUILDERS found on PATH (and, for a
+-- backend with `available`, ready: docker needs its daemon). Returns backend, executable
+-- or nil, message. env overrides environment variables (PATH, DOCKER_HOST).
+function M.find_builder(name, env)
+  local path = env and env.PATH or nil
   if name then
     local b = M.backend(name)
     if not b then
-      return nil, string.format("unknown builder %q (known: %s)", name, table.concat(M.BUILDERS, ", "))
+      return nil, string.format("unknown builder %q (known: %s)", name, table.concat(builder_names(), ", "))
     end
     local exe = proc.which(b.executable or name, path)
     if not exe then
@@ -69,12 +98,14 @@ function M.find_builder(name, path)
     return b, exe
   end
   local looked, hints = {}, {}
-  for _, n in ipairs(M.BUILDERS) do
+  for _, n in ipairs(builder_names()) do
     local b = M.backend(n)
     if b then
       local exe = proc.which(b.executable or n, path)
-      if exe then return b, exe end
-      looked[#looked + 1] = b.executable or n
+      local ok, why = exe ~= nil, nil
+      if ok and b.available then ok, why = b.available(exe, env) end
+      if ok then return b, exe end
+      looked[#looked + 1] = (b.executable or n) .. (why and (" (found, but " .. why .. ")") or "")
       if b.install then hints[#hints + 1] = string.format("%s: %s", n, b.install) end
     end
   end
@@ -297,7 +328,7 @@ local function build(opts, row, journal)
     end
   end
 
-  local backend, exe = M.find_builder(opts.builder)
+  local backend, exe = M.find_builder(opts.builder, opts.env)
   if not backend then fail(exe) end
   result.builder, row.builder = backend.name, backend.name
 
@@ -336,30 +367,27 @@ local function build(opts, row, journal)
     return result
   end
 
-  -- Push the commit's tag first: a half-finished run then leaves nothing tagged
-  -- with the configured tag that the skip check would not rebuild.
-  local pushed = {}
-  for i = #refs, 1, -1 do
+  -- The commit's tag goes last: the skip check trusts it, so it must exist only once
+  -- everything else was pushed and verified (an interrupted run is redone by the next).
+  -- Each tag is read back at once: its digest must be the one the builder pushed, and
+  -- every tag must name the same manifest.
+  local m
+  for i, r in ipairs(refs) do
+    log.info("pushing " .. r)
     local digestfile = tmp.path .. "/digest-" .. i
-    log.info("pushing " .. refs[i])
-    local res = run(backend.push_argv(with { ref = refs[i], digestfile = digestfile }), journal, opts.on_output,
-      "push of " .. refs[i])
-    pushed[i] = pushed_digest(backend, digestfile, res.stdout .. res.stderr)
-  end
-
-  local m, err = client:manifest(ref.repository, sha_tag)
-  if not m then fail("after the push: " .. err) end
-  local sha_index = #refs
-  if pushed[sha_index] and pushed[sha_index] ~= m.digest then
-    fail(string.format("digest mismatch: %s pushed %s as %s but the registry has %s", backend.name,
-      refs[sha_index], pushed[sha_index], m.digest))
-  end
-  if #refs > 1 then
-    local t, terr = client:manifest(ref.repository, ref.tag)
-    if not t then fail("after the push: " .. terr) end
-    if t.digest ~= m.digest then
-      fail(string.format("digest mismatch: %s is %s but %s is %s", refs[1], t.digest, refs[sha_index], m.digest))
+    local res = run(backend.push_argv(with { ref = r, digestfile = digestfile }), journal, opts.on_output,
+      "push of " .. r)
+    local pushed = pushed_digest(backend, digestfile, res.stdout .. res.stderr)
+    local got, err = client:manifest(ref.repository, tags[i])
+    if not got then fail("after the push: " .. err) end
+    if pushed and pushed ~= got.digest then
+      fail(string.format("digest mismatch: %s pushed %s as %s but the registry has %s", backend.name, r, pushed,
+        got.digest))
     end
+    if m and got.digest ~= m.digest then
+      fail(string.format("digest mismatch: %s is %s but %s is %s", refs[1], m.digest, r, got.digest))
+    end
+    m = m or got
   end
   result.status, result.digest = "pushed", m.digest
   return result

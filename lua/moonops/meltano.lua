@@ -85,13 +85,6 @@ local function describe(v)
   return "a " .. type(v)
 end
 
-local function sorted_copy(list)
-  local out = {}
-  for i, v in ipairs(list) do out[i] = v end
-  table.sort(out)
-  return out
-end
-
 --- Upper-case `text` with every non-alphanumeric turned into `_` (an env var name part).
 function M.var_name(text)
   return (text:gsub("[^%w]", "_"):upper())
@@ -385,12 +378,13 @@ end
 
 -- Split a plugin entry into its config table and a table of extras (`_select` ...),
 -- with the line of every extra for provenance.
-local function split_entry(entry, file, what)
+local function split_entry(entry, file, plugin, environment)
   local cfg = entry.config
   if not present(cfg) then
     cfg = nil
   elseif not is_map(cfg) then
-    fail("%s: config of %s must be a mapping, got %s", where(file, entry, "config"), what, describe(cfg))
+    fail("%s: config of %s %s%s must be a mapping, got %s", where(file, entry, "config"), plugin.type, plugin.name,
+      environment and (" in environment " .. environment) or "", describe(cfg))
   end
   local extras, lines
   for k, v in pairs(entry) do
@@ -435,13 +429,23 @@ local function is_sensitive_decl(d)
   return d.sensitive == true or SENSITIVE_KINDS[d.kind] == true
 end
 
+local sensitive_names = {} -- name -> boolean: names repeat across plugins
+
 local function name_is_sensitive(name)
-  if name:sub(1, 1) == "_" then return false end -- extras (select, metadata, ...) are not secrets by name
-  local lower = name:lower()
-  for _, suffix in ipairs(SENSITIVE_SUFFIXES) do
-    if lower:sub(-#suffix) == suffix then return true end
+  local known = sensitive_names[name]
+  if known ~= nil then return known end
+  local result = false
+  if name:sub(1, 1) ~= "_" then -- extras (select, metadata, ...) are not secrets by name
+    local lower = name:lower()
+    for _, suffix in ipairs(SENSITIVE_SUFFIXES) do
+      if lower:sub(-#suffix) == suffix then
+        result = true
+        break
+      end
+    end
   end
-  return false
+  sensitive_names[name] = result
+  return result
 end
 
 local TRUE_WORDS = { ["true"] = true, ["1"] = true, yes = true, on = true, y = true, t = true }
@@ -467,26 +471,27 @@ local function cast(text, kind, is_extra)
   return text
 end
 
--- Set a dotted (\.-escaped) name in a nested table, replacing non-tables on the way.
+-- Set a flattened name (dots separate keys, a backslash escapes the next character,
+-- as config.flatten writes them) in a nested table, replacing non-tables on the way.
 local function set_path(t, name, value)
-  local parts = {}
-  local cur = ""
-  local i = 1
-  while i <= #name do
+  local parts, buf = {}, {}
+  local i, n = 1, #name
+  while i <= n do
     local c = name:sub(i, i)
-    if c == "\\" and name:sub(i + 1, i + 1) == "." then
-      cur = cur .. "."
+    if c == "\\" and i < n then
+      buf[#buf + 1] = name:sub(i + 1, i + 1)
       i = i + 2
-    elseif c == "." then
-      parts[#parts + 1] = cur
-      cur = ""
-      i = i + 1
     else
-      cur = cur .. c
+      if c == "." then
+        parts[#parts + 1] = table.concat(buf)
+        buf = {}
+      else
+        buf[#buf + 1] = c
+      end
       i = i + 1
     end
   end
-  parts[#parts + 1] = cur
+  parts[#parts + 1] = table.concat(buf)
   for j = 1, #parts - 1 do
     local p = parts[j]
     if not is_map(t[p]) then t[p] = {} end
@@ -599,17 +604,14 @@ resolve_plugin = function(rc, plugin, stack)
   if parent_res then
     for _, b in ipairs(parent_res.blocks) do blocks[#blocks + 1] = b end
   end
-  local own_start = #blocks + 1
   plugin_env_blocks(rc, plugin, blocks)
   local full, vars, prefixes = rc.full, rc.vars, rc.prefixes
   if #blocks > 0 then
     full, vars, prefixes = copy(rc.full), copy(rc.vars), copy(rc.prefixes)
     apply_blocks(rc, blocks, full, vars, prefixes)
   end
-  local _ = own_start
 
   local decls = declarations(plugin, parent_res and parent_res.decls)
-  local what = plugin.type .. " " .. plugin.name
 
   -- file layers, highest first
   local layers, hints = {}, {}
@@ -617,7 +619,7 @@ resolve_plugin = function(rc, plugin, stack)
   if env_entries then
     local file = rc.environment.file
     for i = #env_entries, 1, -1 do
-      local cfg, extras, lines = split_entry(env_entries[i], file, what .. " in environment " .. rc.environment.name)
+      local cfg, extras, lines = split_entry(env_entries[i], file, plugin, rc.environment.name)
       if cfg and has_entries(cfg) then layers[#layers + 1] = { name = "environment", value = cfg, file = file } end
       if extras then
         layers[#layers + 1] = { name = "environment", value = extras, file = file }
@@ -627,7 +629,7 @@ resolve_plugin = function(rc, plugin, stack)
     end
   end
   for i = #entries, 1, -1 do
-    local cfg, extras, lines = split_entry(entries[i], plugin.file, what)
+    local cfg, extras, lines = split_entry(entries[i], plugin.file, plugin)
     if cfg and has_entries(cfg) then layers[#layers + 1] = { name = "base", value = cfg, file = plugin.file } end
     if extras then
       layers[#layers + 1] = { name = "base", value = extras, file = plugin.file }
@@ -710,9 +712,7 @@ resolve_plugin = function(rc, plugin, stack)
   end
 
   -- settings, sorted by name
-  local flat = config.flatten(value)
-  local names = {}
-  for name in pairs(flat) do names[#names + 1] = name end
+  local flat, names = config.flatten(value)
   table.sort(names)
   local sensitive_decls
   for name, d in pairs(decls) do
@@ -722,16 +722,17 @@ resolve_plugin = function(rc, plugin, stack)
     end
   end
   local settings = setmetatable({}, array_mt)
-  local by_name = {}
   for _, name in ipairs(names) do
     local v = flat[name]
     local src = sources[name] or {}
     local source, origin = src.layer, src.origin
-    if source == "environment" or source == "base" or source == "default" then
+    -- $VAR expansion: config values from the files; extras (select, metadata, ...)
+    -- are stream patterns where `$` is literal (`default$default-users.*`)
+    if (source == "environment" or source == "base" or source == "default") and name:byte(1) ~= 95 then
       if type(v) == "table" or (type(v) == "string" and v:find("$", 1, true)) then
         local expanded, err = config.expand(v, full, { strict = rc.strict })
         if expanded == nil then
-          fail("%s: %s setting %s: %s", origin or plugin.where, what, name, tostring(err))
+          fail("%s: %s %s setting %s: %s", origin or plugin.where, plugin.type, plugin.name, name, tostring(err))
         end
         v = expanded
         flat[name] = v
@@ -746,7 +747,7 @@ resolve_plugin = function(rc, plugin, stack)
         end
       end
     elseif source == "inherited" then
-      local ps = parent_res.by_name[name]
+      local ps = parent_res.by_name()[name]
       origin = ps and ps.origin or parent.where
     elseif source == "default" then
       origin = default_origin[name]
@@ -755,7 +756,7 @@ resolve_plugin = function(rc, plugin, stack)
           if name:sub(1, #dn + 1) == dn .. "." then origin = o end
         end
       end
-    elseif origin and not origin:find(":%d+$") and hints[source] then
+    elseif hints[source] and origin and not origin:find(":%d+$") then
       local top = name:match("^([^.]*)")
       origin = hints[source][top] or origin
     end
@@ -782,7 +783,6 @@ resolve_plugin = function(rc, plugin, stack)
       s.value = v
     end
     settings[#settings + 1] = s
-    by_name[name] = s
   end
 
   stack[plugin] = nil
@@ -790,16 +790,23 @@ resolve_plugin = function(rc, plugin, stack)
   local res = {
     plugin = plugin,
     settings = settings,
-    by_name = by_name,
     flat = flat,
     decls = decls,
     blocks = { table.unpack(blocks) },
   }
-  -- the nested (expanded, unredacted) value, built only when a child inherits it
-  local nested
+  -- the nested (expanded, unredacted) value and the settings by name, built only
+  -- when a child inherits them
+  local nested, by_name
   function res.value()
     nested = nested or config.nest(flat)
     return nested
+  end
+  function res.by_name()
+    if not by_name then
+      by_name = {}
+      for _, s in ipairs(settings) do by_name[s.name] = s end
+    end
+    return by_name
   end
   rc.done[plugin] = res
   return res
@@ -807,7 +814,7 @@ end
 
 local function resolve_all(project, opts)
   local environment
-  if opts.environment ~= nil and opts.environment ~= null and opts.environment ~= json.null then
+  if opts.environment and opts.environment ~= null then
     environment = project.environment_index[opts.environment]
     if not environment then
       fail("environment %q not found in %s (known: %s)", tostring(opts.environment), project.file,
@@ -890,9 +897,8 @@ function M.resolve(project, opts)
 end
 
 local function canonical(v)
-  if type(v) == "table" then return json.encode(v) end
   if type(v) == "string" then return "s:" .. v end
-  return "v:" .. tostring(v)
+  return "j:" .. json.encode(v)
 end
 
 --- The settings whose resolved values differ between two resolutions.
@@ -993,7 +999,5 @@ function M.validate(dir, environment)
   if werr then return nil, werr end
   return true, project
 end
-
-M._sorted = sorted_copy
 
 return M

@@ -162,7 +162,13 @@ end
 --- Clone or update the target's working copy, check it is safe to use, back up its tip.
 function M.prepare(p)
   local repo
-  if fs.exists(p.dir .. "/.git") then
+  local fresh = not fs.exists(p.dir .. "/.git")
+  if fresh then
+    local parent = p.dir:match("^(.*)/[^/]+$")
+    if parent then check(fs.mkdirs(parent)) end
+    repo = check(git.init(p.dir, { branch = p.branch }))
+    check(repo:remote_add("origin", p.to.url))
+  else
     repo = check(git.open(p.dir))
     local url
     for _, r in ipairs(repo:remotes()) do
@@ -173,24 +179,16 @@ function M.prepare(p)
     elseif url ~= p.to.url then
       check(repo:remote_set_url("origin", p.to.url))
     end
-  else
-    local parent = p.dir:match("^(.*)/[^/]+$")
-    if parent then check(fs.mkdirs(parent)) end
-    local o, bar = net_opts(p.to, "clone " .. p.to.label)
-    o.branch = p.branch
-    local err, code
-    repo, err, code = git.clone(p.to.url, p.dir, o)
-    if bar then bar:finish() end
-    if not repo then
-      fs.remove_tree(p.dir)
-      if code == "ENOTFOUND" and err:find("refs/remotes/origin/" .. p.branch, 1, true) then
-        fail(string.format("branch %s not found in %s", p.branch, p.to.label))
-      end
-      fail(err)
-    end
-    p.cloned = true
   end
   p.repo = repo
+  local function give_up(msg)
+    if fresh then
+      repo:close()
+      p.repo = nil
+      fs.remove_tree(p.dir)
+    end
+    fail(msg)
+  end
 
   -- preflight: no merge in progress, clean, on the branch
   local state = repo:state()
@@ -208,18 +206,21 @@ function M.prepare(p)
   if head.detached then fail(string.format("working copy %s has a detached HEAD; check out %s", p.dir, p.branch)) end
 
   -- the target's current tip
-  if not p.cloned then
-    check(repo:delete_ref(tracking(p)))
-    local o, bar = net_opts(p.to, "fetch " .. p.to.label)
-    local ok, err = repo:fetch("origin", { "+refs/heads/" .. p.branch .. ":" .. tracking(p) }, o)
-    if bar then bar:finish() end
-    if not ok then fail(err) end
-  end
+  check(repo:delete_ref(tracking(p)))
+  local o, bar = net_opts(p.to, "fetch " .. p.to.label)
+  local ok, err = repo:fetch("origin", { "+refs/heads/" .. p.branch .. ":" .. tracking(p) }, o)
+  if bar then bar:finish() end
+  if not ok then give_up(err) end
   p.old_commit = repo:resolve(tracking(p))
-  if not p.old_commit then fail(string.format("branch %s not found in %s", p.branch, p.to.label)) end
+  if not p.old_commit then give_up(string.format("branch %s not found in %s", p.branch, p.to.label)) end
 
-  -- a clean copy on another branch switches to this one
-  if head.ref ~= "refs/heads/" .. p.branch then
+  -- A new copy gets its files once, at the end (M.close), from whatever its branch is
+  -- then; a clean copy on another branch switches now.
+  if fresh then
+    check(repo:update_ref("refs/heads/" .. p.branch, p.old_commit, { message = "moonops: branch" }))
+    p.fresh = true
+    head = repo:head()
+  elseif head.unborn or head.ref ~= "refs/heads/" .. p.branch then
     if not repo:resolve("refs/heads/" .. p.branch) then
       check(repo:update_ref("refs/heads/" .. p.branch, p.old_commit, { expect = "", message = "moonops: branch" }))
     end
@@ -360,8 +361,10 @@ function M.push(p)
   -- the working copy follows what was pushed (it was clean)
   repo:update_ref(tracking(p), p.commit, { message = "moonops: promote" })
   repo:update_ref("refs/heads/" .. p.branch, p.commit, { message = "moonops: promote" })
-  local cok, cerr = repo:checkout(p.branch, { force = true })
-  if not cok then log.warn("promote: pushed, but updating the working copy failed: " .. cerr) end
+  if not p.fresh then
+    local cok, cerr = repo:checkout(p.branch, { force = true })
+    if not cok then log.warn("promote: pushed, but updating the working copy failed: " .. cerr) end
+  end
   return p
 end
 
@@ -458,9 +461,15 @@ function M.report(p)
   return table.concat(out, "\n") .. "\n"
 end
 
---- Release the working copy handle.
+--- Release the working copy: a copy made by this run gets its work tree (its
+-- branch as it now is) checked out once, then the handle is closed.
 function M.close(p)
   if p and p.repo then
+    if p.fresh then
+      p.fresh = nil
+      local ok, err = p.repo:checkout(p.branch, { force = true })
+      if not ok then log.warn("promote: checking out the working copy failed: " .. err) end
+    end
     p.repo:close()
     p.repo = nil
   end

@@ -151,7 +151,7 @@ function M.parse_challenges(header)
         end
         value, pos = table.concat(parts), i + 1
       else
-        value = header:match("^" .. TOKEN, pos)
+        value = header:match("^[^,%s]+", pos) -- a token; URLs unquoted by lenient servers too
         if not value then return fail("expected a value for " .. name) end
         pos = pos + #value
       end
@@ -325,7 +325,8 @@ M.urlencode = urlencode
 
 --- A client for one registry (host[:port]; "docker.io" means Docker Hub).
 -- opts: {credentials = table | false (anonymous) | nil (look them up when asked),
---        insecure = bool (allow plain http and unverified TLS), timeout = seconds (30),
+--        insecure = bool (allow plain http and unverified TLS), cainfo = CA bundle path,
+--        timeout = seconds (30),
 --        env = {} (see credentials)}
 function M.client(registry, opts)
   opts = opts or {}
@@ -335,7 +336,8 @@ function M.client(registry, opts)
     host = registry == M.DOCKER_HUB and M.DOCKER_HUB_API or registry,
     credentials = opts.credentials,
     insecure = opts.insecure and true or false,
-    allow_http = opts.insecure or M.is_loopback(registry),
+    cainfo = opts.cainfo,
+    loopback = M.is_loopback(registry),
     timeout = opts.timeout or 30,
     env = opts.env,
     tokens = {}, -- scope key -> {value=, expires=}
@@ -360,24 +362,38 @@ function Client:who()
   return " anonymously"
 end
 
--- One HTTP exchange, choosing https or (when allowed and https fails) http once per client.
+-- One HTTP exchange. The scheme is chosen on the first exchange and kept: https; for a
+-- loopback registry plain http first (what such a registry almost always speaks; https
+-- when http is refused or answered with 400, as TLS ports answer plain requests); with
+-- `insecure`, https without verification and then http.
 function Client:send(req)
-  local schemes = self.scheme and { self.scheme } or (self.allow_http and { "https", "http" } or { "https" })
+  local schemes = { "https" }
+  if self.scheme then
+    schemes = { self.scheme }
+  elseif self.loopback then
+    schemes = { "http", "https" }
+  elseif self.insecure then
+    schemes = { "https", "http" }
+  end
   local res, err, code
-  for _, scheme in ipairs(schemes) do
+  for i, scheme in ipairs(schemes) do
     req.url = scheme .. "://" .. self.host .. req.path
     req.insecure = self.insecure
+    req.cainfo = self.cainfo
     req.timeout = req.timeout or self.timeout
     req.connect_timeout = 10
     res, err, code = http.request(req)
     if res then
-      self.scheme = scheme
-      return res
+      if not (scheme == "http" and res.status == 400 and schemes[i + 1]) then
+        self.scheme = scheme
+        return res
+      end
+    elseif code ~= "tls" and code ~= "transfer" then
+      break
     end
-    if code ~= "tls" and code ~= "transfer" then break end
   end
   local hint = ""
-  if code == "tls" and not self.allow_http then
+  if code == "tls" and not (self.loopback or self.insecure) then
     hint = " (plain http is only used for loopback registries or with --insecure-registry)"
   end
   return nil, string.format("registry %s is unreachable: %s%s", self.registry, err, hint), code
@@ -398,6 +414,7 @@ function Client:token(params, scopes)
       self.registry, http.redact_url(realm))
   end
   local req = { follow = true, timeout = self.timeout, connect_timeout = 10, insecure = self.insecure,
+    cainfo = self.cainfo,
     headers = { Accept = "application/json" } }
   if creds and creds.identity_token then
     local form = { "grant_type=refresh_token", "client_id=moonops",

@@ -9,6 +9,7 @@
 --    parse(headers, body) -> event | nil, err}
 -- and `webhook.register(provider)` adds one (plugins do this). Headers are the
 -- server's lower-cased header table; secrets a list of strings.
+local cjson = require "cjson"
 local crypto = require "moonops.crypto"
 local json = require "moonops.json"
 
@@ -97,9 +98,10 @@ end
 local function decode(headers, body)
   local text, err = M.payload_text(headers, body)
   if not text then return nil, err end
-  local doc
-  doc, err = json.decode(text)
-  if doc == nil then return nil, err end
+  -- cjson directly: only a few top-level strings are read, so moonops.json's
+  -- array and integer restoration (a walk over the whole payload) is not needed.
+  local ok, doc = pcall(cjson.decode, text)
+  if not ok then return nil, "invalid JSON: " .. tostring(doc):gsub("^.-: ", "") end
   if type(doc) ~= "table" or json.is_array(doc) then return nil, "payload is not a JSON object" end
   return doc
 end
@@ -139,11 +141,8 @@ local function parse_github_like(name, event_header, delivery_headers)
   end
 end
 
-local function has(headers, ...)
-  for _, h in ipairs({ ... }) do
-    if headers[h] then return true end
-  end
-  return false
+local function has(headers, a, b, c)
+  return headers[a] ~= nil or (b ~= nil and headers[b] ~= nil) or (c ~= nil and headers[c] ~= nil)
 end
 
 local GITLAB_EVENTS = { ["Push Hook"] = "push", ["Tag Push Hook"] = "tag_push", ["System Hook"] = "system" }

@@ -247,6 +247,38 @@ describe("moonops command line", function()
     end)
   end)
 
+  describe("the recipe context", function()
+    it("opens the state database under data_dir on first use of ctx.store", function()
+      T.write(dir .. "/moonops.yml", "data_dir: state\n")
+      T.write(dir .. "/count.lua", [[
+        local db = require "moonops.db"
+        return { run = function(ctx)
+          ctx.store:exec("INSERT INTO schedule_runs (schedule, status, started_at) VALUES (?, ?, ?)",
+            "nightly", "COMPLETE", db.now())
+          print(ctx.store:one("SELECT count(*) AS n FROM schedule_runs").n)
+        end }
+      ]])
+      assert.equal("1\n", mo({ "run", "count.lua" }).stdout)
+      local r = mo({ "run", "count.lua" })
+      assert.equal(0, r.code, r.stderr)
+      assert.equal("2\n", r.stdout)
+      assert.equal("700\n", T.sh("stat -c %a " .. T.q(dir .. "/state")))
+    end)
+
+    it("refuses a state database from a newer moonops with a usage error", function()
+      T.write(dir .. "/moonops.yml", "data_dir: state\n")
+      T.write(dir .. "/touch.lua", "return { run = function(ctx) return ctx.store and 0 end }")
+      assert.equal(0, mo({ "run", "touch.lua" }).code)
+      local h = assert(store.open(dir .. "/state/moonops.db"))
+      h:exec("PRAGMA user_version = 99")
+      h:close()
+      local r = mo({ "run", "touch.lua" })
+      assert.equal(2, r.code)
+      assert.matches("^moonops: /.*/state/moonops%.db was written by a newer moonops %(schema 99, this one knows 1%): "
+        .. "upgrade moonops or use another data_dir\n$", r.stderr)
+    end)
+  end)
+
   describe("help", function()
     it("shows a recipe's options through help and --help", function()
       local a = mo({ "help", "hello" })

@@ -74,18 +74,23 @@ s.serve_forever()
 local Registry = {}
 Registry.__index = Registry
 
---- Start a registry. opts: {user=, password=, identity_token= (bearer only), dir=}.
+--- Start a registry. opts: {user=, password=, identity_token= (bearer only), dir=,
+-- tls = true (https with a fresh self-signed certificate for 127.0.0.1: reg.ca)}.
 -- Returns the registry object; raises when it does not come up.
 function M.start(mode, opts)
   opts = opts or {}
   mode = mode or "none"
   assert(mode == "none" or mode == "basic" or mode == "bearer", "mode is none, basic or bearer")
-  local dir = opts.dir or T.tmpdir()
+  -- its own directory, not T.tmpdir's: a spec's T.cleanup() must not pull it away mid-suite
+  local dir, owned = opts.dir, false
+  if not dir then
+    dir, owned = T.sh("mktemp -d /tmp/moonops-registry.XXXXXX"):gsub("%s+$", ""), true
+  end
   os.execute("mkdir -p " .. T.q(dir .. "/storage"))
   local port = T.free_port()
   local self = setmetatable({ mode = mode, dir = dir, port = port, host = "127.0.0.1:" .. port,
     url = "http://127.0.0.1:" .. port, user = opts.user, password = opts.password,
-    identity_token = opts.identity_token, pids = {} }, Registry)
+    identity_token = opts.identity_token, pids = {}, owned = owned }, Registry)
   local auth = ""
   if mode == "basic" then
     assert(self.user and self.password, "basic mode needs user and password")
@@ -104,9 +109,18 @@ function M.start(mode, opts)
     self.realm = string.format("http://127.0.0.1:%d/token", self.token_port)
     auth = string.format("auth: {silly: {realm: %q, service: moonops-test}}\n", self.realm)
   end
+  local tls = ""
+  if opts.tls then
+    self.ca, self.url = dir .. "/cert.pem", "https://" .. self.host
+    local _, ok = T.sh(string.format("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+      .. "-keyout %s -out %s -days 1 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 2>/dev/null",
+      T.q(dir .. "/key.pem"), T.q(self.ca)))
+    assert(ok, "openssl could not make a certificate")
+    tls = string.format(", tls: {certificate: %s, key: %s}", self.ca, dir .. "/key.pem")
+  end
   T.write(dir .. "/config.yml", string.format(
     "version: 0.1\nlog: {level: error}\nstorage: {filesystem: {rootdirectory: %s}, delete: {enabled: true}}\n"
-      .. "http: {addr: %q, secret: moonops-test}\n%s", dir .. "/storage", self.host, auth))
+      .. "http: {addr: %q, secret: moonops-test%s}\n%s", dir .. "/storage", self.host, tls, auth))
   self.log = dir .. "/registry.log"
   self.pids[#self.pids + 1] = T.spawn("exec docker-registry serve " .. T.q(dir .. "/config.yml"), self.log)
   local up = T.wait_for(function()
@@ -135,9 +149,25 @@ function Registry:docker_config(dir, password)
   return dir
 end
 
+-- Gone, or a zombie waiting for a parent that may never reap it (PID 1 in some containers).
+local function gone(pid)
+  local stat = T.read("/proc/" .. pid .. "/stat")
+  return not stat or stat:match("^%d+ %b() (%a)") == "Z"
+end
+
+local function stop_process(pid)
+  os.execute(string.format("kill -TERM %d 2>/dev/null", pid))
+  for _ = 1, 100 do
+    if gone(pid) then return end
+    T.sleep(0.02)
+  end
+  os.execute(string.format("kill -KILL %d 2>/dev/null", pid))
+end
+
 function Registry:stop()
-  for i = #self.pids, 1, -1 do T.kill(self.pids[i]) end
+  for i = #self.pids, 1, -1 do stop_process(self.pids[i]) end
   self.pids = {}
+  if self.owned then os.execute("rm -rf " .. T.q(self.dir)) end
 end
 
 return M

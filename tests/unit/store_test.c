@@ -69,21 +69,22 @@ static const char *SCHEMA = "local store = require 'moonops.store'\n"
                             "return 0\n";
 
 /* Each writer: autocommit inserts, and read-modify-write transactions on one counter. */
-static const char *WRITER = "local path, writer = ...\n"
-                            "local store = require 'moonops.store'\n"
-                            "local db <close> = assert(store.open(path))\n"
-                            "for i = 1, 100 do\n"
-                            "  local n, err = db:exec('INSERT INTO hits VALUES (?, ?)', writer, i)\n"
-                            "  if not n then error(err) end\n"
-                            "  local ok, terr = db:tx(function()\n"
-                            "    local v = db:one('SELECT v FROM counter').v\n"
-                            "    assert(db:exec('INSERT INTO hits VALUES (?, ?)', writer, -i))\n"
-                            "    assert(db:exec('UPDATE counter SET v = ?', v + 1))\n"
-                            "    return true\n"
-                            "  end)\n"
-                            "  if not ok then error(terr) end\n"
-                            "end\n"
-                            "return 0\n";
+static const char *WRITER =
+    "local path, writer = ...\n"
+    "local store = require 'moonops.store'\n"
+    "local db <close> = assert(store.open(path))\n"
+    "for i = 1, 100 do\n"
+    "  local n, err = db:exec('INSERT INTO hits VALUES (?, ?)', writer, i)\n"
+    "  if not n then error(err) end\n"
+    "  local ok, terr = db:tx(function()\n"
+    "    local v = db:one('SELECT v FROM counter').v\n"
+    "    assert(db:exec('INSERT INTO hits VALUES (?, ?)', writer, -i))\n"
+    "    assert(db:exec('UPDATE counter SET v = ?', v + 1))\n"
+    "    return true\n"
+    "  end)\n"
+    "  if not ok then error(terr) end\n"
+    "end\n"
+    "return 0\n";
 
 static const char *COUNTS = "local store = require 'moonops.store'\n"
                             "local db <close> = assert(store.open((...)))\n"
@@ -122,8 +123,8 @@ static void test_concurrent_writers(const char *path) {
   long counts = run_lua(COUNTS, path, 0);
   CHECK(counts / 100000 == WRITERS * 200, "expected %d rows, got %ld", WRITERS * 200,
         counts / 100000);
-  CHECK(counts % 100000 == WRITERS * 100, "lost updates: counter %ld, expected %d",
-        counts % 100000, WRITERS * 100);
+  CHECK(counts % 100000 == WRITERS * 100, "lost updates: counter %ld, expected %d", counts % 100000,
+        WRITERS * 100);
 }
 
 /* Commit 100 rows, then write forever inside one transaction, telling the parent when deep in. */
