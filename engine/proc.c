@@ -137,7 +137,7 @@ static int push_which(lua_State *L, const char *name, const char *path) {
   while (*path) {
     const char *end = strchr(path, ':');
     size_t n = end ? (size_t)(end - path) : strlen(path);
-    if (n > 0) { /* an empty entry (the current directory) is never searched */
+    if (n > 0 && *path == '/') { /* relative entries (and "", the current directory) are skipped */
       const char *cand = lua_pushfstring(L, "%s/%s", lua_pushlstring(L, path, n), name);
       lua_remove(L, -2);
       if (is_executable(cand)) return 1;
@@ -224,7 +224,12 @@ static void check_command(lua_State *L, int idx, command *cmd) {
     }
     cmd->envp[n] = NULL;
   }
-  if (push_which(L, cmd->name, path)) cmd->file = (char *)lua_tostring(L, -1);
+  if (cmd->cwd && cmd->name[0] != '/' && strchr(cmd->name, '/')) {
+    /* a relative path is run from cwd: look for it there, start it as given */
+    if (is_executable(lua_pushfstring(L, "%s/%s", cmd->cwd, cmd->name))) cmd->file = cmd->argv[0];
+  } else if (push_which(L, cmd->name, path)) {
+    cmd->file = (char *)lua_tostring(L, -1);
+  }
 }
 
 /* Expected failures before the process starts: nil, "run foo: why", code. */
@@ -239,7 +244,10 @@ static int command_unusable(lua_State *L, const char *op, const command *cmd) {
                      cmd->cwd);
   }
   if (cmd->file == NULL) {
-    if (strchr(cmd->name, '/') && access(cmd->name, F_OK) == 0)
+    const char *rel = cmd->name[0] != '/' && cmd->cwd
+                          ? lua_pushfstring(L, "%s/%s", cmd->cwd, cmd->name)
+                          : cmd->name;
+    if (strchr(cmd->name, '/') && access(rel, F_OK) == 0)
       return mo_fail(L, "%s %s: not an executable file", op, cmd->name);
     return mo_fail(L, "%s %s: command not found", op, cmd->name);
   }
@@ -475,7 +483,7 @@ static int proc_run(lua_State *L) {
       exited = 1;
       drain_until = now + grace;
     }
-    if (timeout > 0 && !timed_out && now - start >= timeout) {
+    if (timeout > 0 && !timed_out && !exited && now - start >= timeout) {
       timed_out = 1;
       kill(-r->pid, SIGTERM);
       kill_at = now + grace;
@@ -495,7 +503,7 @@ static int proc_run(lua_State *L) {
     }
 
     double next = INFINITY;
-    if (timeout > 0 && !timed_out) next = fmin(next, start + timeout);
+    if (timeout > 0 && !timed_out && !exited) next = fmin(next, start + timeout);
     if (kill_at > 0) next = fmin(next, kill_at);
     if (exited) next = fmin(next, drain_until);
     if (!exited && r->pidfd < 0) next = fmin(next, now + 0.02);

@@ -1524,7 +1524,10 @@ static int edit_protected(lua_State *L) {
     lua_pushliteral(L, " ");
     lua_rotate(L, -3, 2);
     lua_concat(L, 3);
-  } else if (empty && start == end) {
+  }
+  if ((empty && start == end) ||
+      (np > 0 && start > 0 && (text[start - 1] == '\n' || text[start - 1] == '\r'))) {
+    /* after the indicator, or a value that began a line: a plain value there would be a key */
     lua_pushliteral(L, " ");
     lua_insert(L, -2);
     lua_concat(L, 2);

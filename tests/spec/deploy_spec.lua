@@ -440,6 +440,7 @@ describe("moonops deploy", function()
     local log1 = p.root .. "/d1.log"
     local env = "cd " .. T.q(p.dir) .. " && MARK_DIR=" .. T.q(p.marks) .. " SLOW_SECONDS=2 DEPLOY_SECRET=x "
     local pid = T.spawn(env .. "exec " .. T.q(T.bin) .. " deploy ws --json > " .. T.q(log1), p.root .. "/d1.err")
+    finally(function() T.kill(pid) end)
     assert.truthy(T.wait_for(function() return T.read(p.marks .. "/hook.pid") end, 30))
     -- a second deployment with --no-wait: busy, exit 4
     local r = p.run({ "deploy", "ws", "--no-wait" }, { SLOW_SECONDS = "0" })
@@ -466,6 +467,11 @@ describe("moonops deploy", function()
     p.configure(hook_list("[./hooks/slow.sh]"))
     local env = "cd " .. T.q(p.dir) .. " && MARK_DIR=" .. T.q(p.marks) .. " SLOW_SECONDS=60 DEPLOY_SECRET=x "
     local pid = T.spawn(env .. "exec " .. T.q(T.bin) .. " deploy ws", p.root .. "/d.err")
+    finally(function()
+      T.kill(pid, "KILL")
+      local hp = T.read(p.marks .. "/hook.pid")
+      if hp then os.execute("kill -9 -" .. hp:gsub("%s", "") .. " 2>/dev/null") end
+    end)
     assert.truthy(T.wait_for(function() return T.read(p.marks .. "/hook.pid") end, 30))
     os.execute("kill -9 " .. pid)
     T.wait_for(function()
@@ -474,7 +480,7 @@ describe("moonops deploy", function()
     end, 10)
     -- the orphaned hook is not ours to keep
     local hook_pid = T.read(p.marks .. "/hook.pid"):gsub("%s", "")
-    os.execute("kill -9 -- -" .. hook_pid .. " 2>/dev/null")
+    os.execute("kill -9 -" .. hook_pid .. " 2>/dev/null")
     -- a half-staged release from the crash
     os.execute("mkdir -p " .. T.q(p.ws .. "/releases/20990101T000000.000Z-deadbeef0000.tmp/x"))
     local r = p.run({ "deploy", "ws", "--list", "--json" })

@@ -53,6 +53,19 @@ describe("moonops.proc", function()
       assert.is_nil((proc.run { argv = { "mytool" } }))
     end)
 
+    it("runs a relative path from cwd", function()
+      local d = T.tmpdir()
+      T.write(d .. "/scripts/setup.sh", "#!/bin/sh\necho set up in $(pwd)\n")
+      fs.chmod(d .. "/scripts/setup.sh", tonumber("755", 8))
+      local r = assert(proc.run { argv = { "./scripts/setup.sh" }, cwd = d })
+      assert.equal("set up in " .. fs.realpath(d) .. "\n", r.stdout)
+      local _, err = proc.run { argv = { "./scripts/setup.sh" } }
+      assert.equal("run ./scripts/setup.sh: command not found", err)
+      T.write(d .. "/scripts/data.txt", "")
+      _, err = proc.run { argv = { "scripts/data.txt" }, cwd = d }
+      assert.equal("run scripts/data.txt: not an executable file", err)
+    end)
+
     it("runs the command in its own process group", function()
       local r = assert(proc.run { argv = { "sh", "-c", "ps -o pgid= -p $$; echo $$" } })
       local pgid, pid = r.stdout:match("^%s*(%d+)%s+(%d+)")

@@ -38,11 +38,9 @@ int main(void) {
   /* RFC 4231 HMAC-SHA256 test cases 1-4, 6 and 7 (case 5 is a truncated MAC). */
   check(L, "rfc4231 case 1", "return crypto.hmac('sha256', ('\\x0b'):rep(20), 'Hi There')",
         "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
-  check(L, "rfc4231 case 2",
-        "return crypto.hmac('sha256', 'Jefe', 'what do ya want for nothing?')",
+  check(L, "rfc4231 case 2", "return crypto.hmac('sha256', 'Jefe', 'what do ya want for nothing?')",
         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
-  check(L, "rfc4231 case 3",
-        "return crypto.hmac('sha256', ('\\xaa'):rep(20), ('\\xdd'):rep(50))",
+  check(L, "rfc4231 case 3", "return crypto.hmac('sha256', ('\\xaa'):rep(20), ('\\xdd'):rep(50))",
         "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe");
   check(L, "rfc4231 case 4",
         "local k = {} for i = 1, 25 do k[i] = string.char(i) end "
@@ -89,7 +87,8 @@ int main(void) {
         "local u = crypto.uuid() return tostring(u:match("
         "'^%x%x%x%x%x%x%x%x%-%x%x%x%x%-4%x%x%x%-[89ab]%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$') ~= nil)",
         "true");
-  check(L, "equal", "return tostring(crypto.equal('abc', 'abc')) .. tostring(crypto.equal('abc', "
+  check(L, "equal",
+        "return tostring(crypto.equal('abc', 'abc')) .. tostring(crypto.equal('abc', "
         "'abd')) .. tostring(crypto.equal('abc', 'abcabc')) .. tostring(crypto.equal('', 'x'))",
         "truefalsefalsefalse");
 
