@@ -128,7 +128,18 @@ end
 --- Start a background process (sh command); returns its pid. Output goes to `log`.
 function T.spawn(cmd, log)
   local out = T.sh(string.format("(%s) >%s 2>&1 </dev/null & echo $!", cmd, T.q(log or "/dev/null")))
-  return assert(tonumber(out), "could not start: " .. cmd)
+  local pid = assert(tonumber(out), "could not start: " .. cmd)
+  return pid
+end
+
+--- True while process `pid` exists and is not a zombie (nothing here may reap orphans).
+function T.alive(pid)
+  local f = io.open("/proc/" .. pid .. "/stat", "r")
+  if not f then return false end
+  local stat = f:read("a") or ""
+  f:close()
+  local state = stat:match("^%d+ %b() (%a)")
+  return state ~= nil and state ~= "Z"
 end
 
 --- Stop a background process started with T.spawn (TERM, then KILL).
@@ -136,8 +147,7 @@ function T.kill(pid, sig)
   if not pid then return end
   os.execute(string.format("kill -%s %d 2>/dev/null", sig or "TERM", pid))
   for _ = 1, 50 do
-    local _, alive = T.sh(string.format("kill -0 %d 2>/dev/null", pid))
-    if not alive then return end
+    if not T.alive(pid) then return end
     T.sleep(0.05)
   end
   os.execute(string.format("kill -KILL %d 2>/dev/null", pid))
