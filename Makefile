@@ -45,12 +45,19 @@ demo: deps build
 bench: deps build
 	./bench/run.sh $(BUILD)/moonops
 
+# DESTDIR stages a package: files go under $(DESTDIR)$(PREFIX) but name $(PREFIX).
 install: build
-	cmake --install $(BUILD) --prefix $(DESTDIR)$(PREFIX)
+	DESTDIR=$(DESTDIR) cmake --install $(BUILD) --prefix $(PREFIX)
 
+# Removes exactly the files the last install recorded, then the directories it
+# emptied; nothing else under $(PREFIX) (your own plugins there stay).
 uninstall:
-	@if [ -f $(BUILD)/install_manifest.txt ]; then xargs rm -fv < $(BUILD)/install_manifest.txt; \
-	else echo "nothing recorded as installed in $(BUILD)"; fi
+	@if [ -f $(BUILD)/install_manifest.txt ]; then \
+	  sed 's|^|$(DESTDIR)|' $(BUILD)/install_manifest.txt | xargs -r -d '\n' rm -fv; \
+	  for d in share/moonops lib/moonops include/moonops; do \
+	    [ ! -d "$(DESTDIR)$(PREFIX)/$$d" ] || find "$(DESTDIR)$(PREFIX)/$$d" -depth -type d -empty -delete; \
+	  done; \
+	else echo "uninstall: nothing recorded as installed in $(BUILD) (run 'make install' first)"; fi
 
 fuzz:
 	./tests/fuzz/run.sh $(FUZZ_SECONDS)

@@ -129,13 +129,14 @@ static void name_reserve(namebuf *nb, size_t extra) {
   nb->cap = cap;
 }
 
-/* Append `.key` (escaping `\` and `.`); returns the previous length to restore. */
-static size_t name_push(namebuf *nb, lua_State *L, int key) {
+/* Append `.key` (escaping `\` and `.`; no dot before the first segment); returns the
+ * previous length to restore. */
+static size_t name_push(namebuf *nb, lua_State *L, int key, int first) {
   size_t old = nb->len, n;
   int converted = lua_type(L, key) != LUA_TSTRING;
   const char *k = converted ? luaL_tolstring(L, key, &n) : lua_tolstring(L, key, &n);
   name_reserve(nb, 2 * n + 1);
-  if (old > 0) nb->p[nb->len++] = '.';
+  if (!first) nb->p[nb->len++] = '.';
   for (size_t i = 0; i < n; i++) {
     if (k[i] == '.' || k[i] == '\\') nb->p[nb->len++] = '\\';
     nb->p[nb->len++] = k[i];
@@ -262,7 +263,7 @@ static void merge_tables(merger *c, int nc, const int *tables, const int *ids, i
         lua_rawget(L, tables[j]);
         vals[j] = lua_gettop(L);
       }
-      size_t mark = c->sources ? name_push(&c->name, L, key) : 0;
+      size_t mark = c->sources ? name_push(&c->name, L, key, depth == 0) : 0;
       merge_slot(c, nc, vals, ids, tables, key, depth + 1);
       if (c->sources) c->name.len = mark;
       if (!lua_isnil(L, -1)) {
@@ -348,7 +349,7 @@ static void flatten_into(lua_State *L, int t, int flat, int names, lua_Integer *
   for (lua_Integer k = 1; k <= nk; k++) {
     lua_rawgeti(L, keys, k);
     int key = lua_gettop(L);
-    size_t mark = name_push(nb, L, key);
+    size_t mark = name_push(nb, L, key, depth == 0);
     lua_pushvalue(L, key);
     lua_rawget(L, t);
     int v = lua_gettop(L);
@@ -567,7 +568,7 @@ static int expand_value(expander *x, int idx, int depth) {
   int t = lua_gettop(L);
   lua_pushnil(L);
   while (lua_next(L, idx)) {
-    size_t mark = name_push(&x->path, L, lua_gettop(L) - 1);
+    size_t mark = name_push(&x->path, L, lua_gettop(L) - 1, depth == 0);
     if (!expand_value(x, lua_gettop(L), depth + 1)) return 0;
     x->path.len = mark;
     lua_remove(L, -2);

@@ -1239,37 +1239,6 @@ static int repo_delete_ref(lua_State *L) {
   return 1;
 }
 
-/* repo:checkout(rev [, {force=}]) -> true | nil, err
- * A local branch name (or refs/heads/...) makes HEAD point at it; any other revision detaches HEAD.
- */
-static int repo_checkout(lua_State *L) {
-  git_repository *repo = check_repo(L, 1);
-  const char *rev = luaL_checkstring(L, 2);
-  int force = lua_istable(L, 3) ? mo_optfield_boolean(L, 3, "force", 0) : 0;
-  git_commit *commit = NULL;
-  git_reference *ref = NULL;
-  git_index *idx = NULL;
-  int rc = lookup_commit(&commit, repo, rev);
-  if (rc < 0) return fail_git(L, rc, "checkout %s", rev);
-  git_checkout_options co;
-  git_checkout_options_init(&co, GIT_CHECKOUT_OPTIONS_VERSION);
-  co.checkout_strategy = force ? GIT_CHECKOUT_FORCE : GIT_CHECKOUT_SAFE;
-  if (!force && git_repository_index(&idx, repo) == 0) co.baseline_index = idx;
-  rc = git_checkout_tree(repo, (const git_object *)commit, &co);
-  if (rc == 0 && strcmp(rev, "HEAD") != 0) {
-    if (git_reference_dwim(&ref, repo, rev) == 0 && git_reference_is_branch(ref))
-      rc = git_repository_set_head(repo, git_reference_name(ref));
-    else
-      rc = git_repository_set_head_detached(repo, git_commit_id(commit));
-  }
-  git_reference_free(ref);
-  git_index_free(idx);
-  git_commit_free(commit);
-  if (rc < 0) return fail_git(L, rc, "checkout %s", rev);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
 /* ---- export and read ----------------------------------------------------- */
 
 typedef struct {
@@ -1422,6 +1391,109 @@ static int repo_export(lua_State *L) {
   git_tree_free(tree);
   if (rc != 0) return fail_with(L, rc, NULL, x.failure, "EEXPORT", "export %s to %s", rev, dir);
   lua_pushinteger(L, x.files);
+  return 1;
+}
+
+/*
+ * Fill an empty work tree and index with `commit`'s tree by plain writes, much
+ * cheaper than git_checkout_tree for a large first checkout. Returns 1 when the
+ * fast path does not apply (index not empty, .gitattributes or submodules in the
+ * tree: filters would change the files), 0 on success, <0 with `failure` set.
+ */
+static int tree_needs_checkout(const char *root, const git_tree_entry *entry, void *payload) {
+  (void)root;
+  if (strcmp(git_tree_entry_name(entry), ".gitattributes") == 0 ||
+      git_tree_entry_filemode(entry) == GIT_FILEMODE_COMMIT) {
+    *(int *)payload = 1;
+    return 1;
+  }
+  return 0;
+}
+
+static int populate_workdir(lua_State *L, git_repository *repo, git_commit *commit, char *failure,
+                            size_t size) {
+  git_index *idx = NULL;
+  git_tree *tree = NULL;
+  git_status_list *status = NULL;
+  int rc, slow = 0;
+  const char *wd = git_repository_workdir(repo);
+  if (!wd) return 1;
+  if ((rc = git_repository_index(&idx, repo)) < 0) return rc;
+  if (git_index_entrycount(idx) != 0) {
+    git_index_free(idx);
+    return 1;
+  }
+  if ((rc = git_commit_tree(&tree, commit)) < 0) goto done;
+  git_tree_walk(tree, GIT_TREEWALK_PRE, tree_needs_checkout, &slow);
+  git_error_clear();
+  if (slow) {
+    rc = 1;
+    goto done;
+  }
+  {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", wd);
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/')
+      dir[--n] = '\0';
+    export_ctx x = {repo, dir, L, 0, 0, ""};
+    rc = git_tree_walk(tree, GIT_TREEWALK_PRE, export_entry, &x);
+    if (rc != 0) {
+      snprintf(failure, size, "%s", x.failure);
+      rc = -1;
+      goto done;
+    }
+  }
+  if ((rc = git_index_read_tree(idx, tree)) < 0 || (rc = git_index_write(idx)) < 0) goto done;
+  {
+    /* one status pass hashes each file once and records its stat data in the index */
+    git_status_options so;
+    git_status_options_init(&so, GIT_STATUS_OPTIONS_VERSION);
+    so.show = GIT_STATUS_SHOW_INDEX_AND_WORKDIR;
+    so.flags = GIT_STATUS_OPT_UPDATE_INDEX | GIT_STATUS_OPT_EXCLUDE_SUBMODULES;
+    rc = git_status_list_new(&status, repo, &so);
+  }
+done:
+  git_status_list_free(status);
+  git_tree_free(tree);
+  git_index_free(idx);
+  return rc;
+}
+
+/* repo:checkout(rev [, {force=, populate=}]) -> true | nil, err
+ * A local branch name (or refs/heads/...) makes HEAD point at it; any other revision detaches HEAD.
+ * populate=true: the work tree is new and empty; fill it with plain writes when no
+ * .gitattributes filter could apply (else a normal checkout). */
+static int repo_checkout(lua_State *L) {
+  git_repository *repo = check_repo(L, 1);
+  const char *rev = luaL_checkstring(L, 2);
+  int force = lua_istable(L, 3) ? mo_optfield_boolean(L, 3, "force", 0) : 0;
+  int populate = lua_istable(L, 3) ? mo_optfield_boolean(L, 3, "populate", 0) : 0;
+  git_commit *commit = NULL;
+  git_reference *ref = NULL;
+  git_index *idx = NULL;
+  char failure[1024] = "";
+  int rc = lookup_commit(&commit, repo, rev);
+  if (rc < 0) return fail_git(L, rc, "checkout %s", rev);
+  rc = populate ? populate_workdir(L, repo, commit, failure, sizeof failure) : 1;
+  if (rc == 1) {
+    git_checkout_options co;
+    git_checkout_options_init(&co, GIT_CHECKOUT_OPTIONS_VERSION);
+    co.checkout_strategy = force ? GIT_CHECKOUT_FORCE : GIT_CHECKOUT_SAFE;
+    if (!force && git_repository_index(&idx, repo) == 0) co.baseline_index = idx;
+    rc = git_checkout_tree(repo, (const git_object *)commit, &co);
+  }
+  if (rc == 0 && strcmp(rev, "HEAD") != 0) {
+    if (git_reference_dwim(&ref, repo, rev) == 0 && git_reference_is_branch(ref))
+      rc = git_repository_set_head(repo, git_reference_name(ref));
+    else
+      rc = git_repository_set_head_detached(repo, git_commit_id(commit));
+  }
+  git_reference_free(ref);
+  git_index_free(idx);
+  git_commit_free(commit);
+  if (rc < 0) return fail_with(L, rc, NULL, failure, NULL, "checkout %s", rev);
+  lua_pushboolean(L, 1);
   return 1;
 }
 

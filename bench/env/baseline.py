@@ -227,19 +227,14 @@ class Project:
 
 def build_stack(builtins, blocks, process, dotenv, strict):
     """blocks: env mappings, lowest first. Returns (the blocks' variables, the full
-    expansion env: built-ins < blocks < .env < process)."""
+    expansion env: built-ins < process < .env < blocks)."""
+    full = dict(builtins)
+    full.update(process)
+    full.update(dotenv)
     env = {}
     for block in blocks:
         for k, v in (block or {}).items():
-            top = dict(builtins)
-            top.update(env)
-            top.update(dotenv)
-            top.update(process)
-            env[k] = expand(env_text(v), top, strict)
-    full = dict(builtins)
-    full.update(env)
-    full.update(dotenv)
-    full.update(process)
+            env[k] = full[k] = expand(env_text(v), full, strict)
     return env, full
 
 
@@ -323,12 +318,12 @@ def resolve(project, env_name, unsafe, strict):
         env_layers = {"env": {}, "dotenv": {}, "block": {}}
         for cand in sorted(candidates, key=len):
             var = prefix + var_name(cand)
-            if var in process:
-                layer, value = "env", process[var]
+            if var in lowenv:
+                layer, value = "block", lowenv[var]
             elif var in project.dotenv:
                 layer, value = "dotenv", project.dotenv[var]
-            elif var in lowenv:
-                layer, value = "block", lowenv[var]
+            elif var in process:
+                layer, value = "env", process[var]
             else:
                 continue
             kind = (decls.get(cand) or {}).get("kind")
@@ -353,8 +348,8 @@ def resolve(project, env_name, unsafe, strict):
                     pass
             set_path(env_layers[layer], cand, value)
 
-        layers = [("env", env_layers["env"]), ("dotenv", env_layers["dotenv"]),
-                  ("env", env_layers["block"]),
+        layers = [("env", env_layers["block"]), ("dotenv", env_layers["dotenv"]),
+                  ("env", env_layers["env"]),
                   ("environment", {**env_cfg, **env_extras}),
                   ("base", {**base_cfg, **base_extras}),
                   ("inherited", inherited.get("value", {})),

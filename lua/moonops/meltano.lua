@@ -1,11 +1,12 @@
 --- The meltano.yml model: include_paths, plugins, environments, setting resolution
 -- with provenance, sensitive settings and the workspace.yml overlays.
 --
--- A setting's value, highest layer first (`source` in the results):
---   env          the process environment: <PLUGIN_NAME>_<SETTING>
---   dotenv       the project's .env file
+-- A setting's value, highest layer first (`source` in the results). Variables are
+-- named <PLUGIN_NAME>_<SETTING> and ranked the way Meltano ranks them:
 --   env          an `env:` block of meltano.yml (plugin in the active environment >
 --                plugin > active environment > top level); origin is the block's file:line
+--   dotenv       the project's .env file; origin .env:line
+--   env          the process environment; origin $NAME
 --   environment  the active environment's entry for the plugin
 --   base         the plugin's own config (and extras) in plugins:
 --   inherited    the resolved value of the inherit_from parent
@@ -525,7 +526,7 @@ local function add_prefixes(set, name)
 end
 
 -- Apply env blocks (low to high) to `full` (the expansion environment) and
--- `vars` (name -> {value, origin}); process and .env variables stay on top.
+-- `vars` (name -> {value, origin}). Each value is expanded against what is below it.
 local function apply_blocks(rc, blocks, full, vars, prefixes)
   for _, block in ipairs(blocks) do
     local t = block.vars
@@ -533,7 +534,7 @@ local function apply_blocks(rc, blocks, full, vars, prefixes)
       local raw = env_text(t[k])
       local value, err = config.expand(raw, full, { strict = rc.strict })
       if not value then fail("%s: env %s: %s", where(block.file, t, k), k, err) end
-      if rc.process[k] == nil and rc.dotenv[k] == nil then full[k] = value end
+      full[k] = value
       vars[k] = { value = value, origin = where(block.file, t, k) }
       if prefixes then add_prefixes(prefixes, k) end
     end
@@ -679,12 +680,14 @@ resolve_plugin = function(rc, plugin, stack)
     local by_source = {}
     for _, name in ipairs(list) do
       local var = prefix .. M.var_name(name)
-      local text, source, origin = rc.process[var], "env", "$" .. var
-      if text == nil then
+      local text, source, origin
+      local block = vars[var]
+      if block then
+        text, source, origin = block.value, "block", block.origin
+      elseif rc.dotenv[var] ~= nil then
         text, source, origin = rc.dotenv[var], "dotenv", ".env:" .. tostring(rc.dotenv_lines[var])
-      end
-      if text == nil and vars[var] then
-        text, source, origin = vars[var].value, "block", vars[var].origin
+      elseif rc.process[var] ~= nil then
+        text, source, origin = rc.process[var], "env", "$" .. var
       end
       if text ~= nil then
         local d = decls[name]
@@ -698,13 +701,13 @@ resolve_plugin = function(rc, plugin, stack)
     end
     if env_origin then
       local env_layers = {}
-      if by_source.env then env_layers[#env_layers + 1] = { name = "env", value = by_source.env, file = "env" } end
-      if by_source.dotenv then
-        env_layers[#env_layers + 1] = { name = "dotenv", value = by_source.dotenv, file = ".env" }
-      end
       if by_source.block then
         env_layers[#env_layers + 1] = { name = "env", value = by_source.block, file = "meltano.yml" }
       end
+      if by_source.dotenv then
+        env_layers[#env_layers + 1] = { name = "dotenv", value = by_source.dotenv, file = ".env" }
+      end
+      if by_source.env then env_layers[#env_layers + 1] = { name = "env", value = by_source.env, file = "env" } end
       for _, l in ipairs(layers) do env_layers[#env_layers + 1] = l end
       layers = env_layers
       value, sources = config.resolve(layers)
@@ -832,11 +835,11 @@ local function resolve_all(project, opts)
     dotenv_lines = project.dotenv_lines,
     done = {},
   }
-  -- the expansion environment: built-ins < env blocks < .env < process
+  -- the expansion environment: built-ins < process < .env < env blocks
   local full = { MELTANO_PROJECT_ROOT = project.dir }
   if environment then full.MELTANO_ENVIRONMENT = environment.name end
-  for k, v in pairs(project.dotenv) do full[k] = v end
   for k, v in pairs(process) do full[k] = v end
+  for k, v in pairs(project.dotenv) do full[k] = v end
   local prefixes = {}
   for k in pairs(process) do add_prefixes(prefixes, k) end
   for k in pairs(project.dotenv) do add_prefixes(prefixes, k) end

@@ -467,7 +467,7 @@ function M.close(p)
   if p and p.repo then
     if p.fresh then
       p.fresh = nil
-      local ok, err = p.repo:checkout(p.branch, { force = true })
+      local ok, err = p.repo:checkout(p.branch, { force = true, populate = true })
       if not ok then log.warn("promote: checking out the working copy failed: " .. err) end
     end
     p.repo:close()

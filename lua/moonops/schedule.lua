@@ -169,7 +169,7 @@ function M.run(settings, name, opts)
     code = 1
     fs.append(log_path, "moonops: " .. log.mask(tostring(rerr)) .. "\n")
   else
-    code = res.code or (128 + (res.signal or 0))
+    code = res.code
     if res.timed_out then fs.append(log_path, "moonops: timed out\n") end
   end
   local finished = now_rfc3339()

@@ -3,6 +3,7 @@
  * two YAML documents (base and overlay) plus an expansion environment; merge,
  * resolve, flatten/nest and expand must never crash and must keep their laws:
  * nest(flatten(x)) == x and resolve == merge.
+ * Build: as tests/fuzz/yaml_fuzz.c.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -27,8 +28,14 @@ static const char *script =
     "if type(m) == 'table' then assert(same(m, r), 'resolve differs from merge') end\n"
     "if type(m) == 'table' and not yaml.is_array(m) then\n"
     "  local flat = config.flatten(m)\n"
-    "  local back = config.nest(flat)\n"
-    "  if back then config.flatten(back) end\n"
+    "  local back = assert(config.nest(flat))\n"
+    "  local function eq(x, y)\n"
+    "    if type(x) ~= 'table' or type(y) ~= 'table' then return x == y or (x ~= x and y ~= y) end\n"
+    "    for k, v in pairs(x) do if not eq(v, y[k]) then return false end end\n"
+    "    for k in pairs(y) do if x[k] == nil then return false end end\n"
+    "    return true\n"
+    "  end\n"
+    "  assert(eq(back, m), 'nest(flatten(x)) differs from x')\n"
     "end\n"
     "local env = setmetatable({}, { __index = function(_, k) return #k % 2 == 0 and k or nil end })\n"
     "config.expand(m, env)\n"

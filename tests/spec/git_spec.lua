@@ -248,6 +248,27 @@ describe("moonops.git", function()
     end)
   end)
 
+  describe("populating a new work tree", function()
+    for _, attrs in ipairs({ false, true }) do
+      it(attrs and "falls back to a full checkout when .gitattributes could filter files"
+        or "writes the files and a clean index in one pass", function()
+        local sb = sandbox()
+        local files = { ["a/b.txt"] = "b\n", ["run.sh"] = "#!/bin/sh\n" }
+        if attrs then files[".gitattributes"] = "*.txt text\n" end
+        local src = sb.repo("src", files)
+        local repo <close> = assert(git.init(sb.root .. "/w", { branch = "main" }))
+        assert(repo:fetch(src, { "+refs/heads/main:refs/remotes/origin/main" }))
+        assert(repo:update_ref("refs/heads/main", "refs/remotes/origin/main"))
+        assert.is_true(repo:checkout("main", { force = true, populate = true }))
+        assert.equal("b\n", T.read(sb.root .. "/w/a/b.txt"))
+        assert.is_true(repo:is_clean())
+        assert.equal("", sb.git(sb.root .. "/w", "git status --porcelain"))
+        T.write(sb.root .. "/w/a/b.txt", "changed\n")
+        assert.same({ "a/b.txt=modified" }, sorted_paths(repo:status()))
+      end)
+    end
+  end)
+
   describe("merging in memory", function()
     local function two_sided(sb, base_files, ours_files, theirs_files)
       local dir = sb.repo("w", base_files)

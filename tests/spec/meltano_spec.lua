@@ -263,7 +263,6 @@ environments:
 - name: prod
   env:
     TAP_CHILD_S_BLOCK: from-block
-    TAP_CHILD_S_DOTENV: from-block
   config:
     plugins:
       extractors:
@@ -291,10 +290,11 @@ plugins:
       s_dotenv: from-base
 ]]
 
-    it("is env > dotenv > env: blocks > environment > base > inherited > default", function()
+    it("is env: blocks > dotenv > process env > environment > base > inherited > default", function()
       local dir = project({ ["meltano.yml"] = text,
-        [".env"] = "# local overrides\nTAP_CHILD_S_DOTENV=from-dotenv\nTAP_CHILD_S_ENV=from-dotenv\n" })
-      local s = resolve(dir, { environment = "prod", env = { TAP_CHILD_S_ENV = "from-env" } })
+        [".env"] = "# local overrides\nTAP_CHILD_S_DOTENV=from-dotenv\nTAP_CHILD_S_BLOCK=from-dotenv\n" })
+      local s = resolve(dir, { environment = "prod", env = { TAP_CHILD_S_ENV = "from-env",
+        TAP_CHILD_S_DOTENV = "from-env", TAP_CHILD_S_BLOCK = "from-env" } })
       local c = s["tap-child"]
       local function check(name, value, source, origin)
         assert.are.equal(value, c[name].value, name)
@@ -784,12 +784,13 @@ plugins:
 ]],
         [".env"] = "WH_PASSWORD=from-dotenv\nTAP_CHILD_START_DATE=2024-06-01\n",
       })
-      local s, r = resolve(dir, { environment = "prod", unsafe = true, env = { API_TOKEN = "process-token" } })
+      local s, r = resolve(dir, { environment = "prod", unsafe = true,
+        env = { API_TOKEN = "process-token", WH_PASSWORD = "process-password" } })
       assert.are.equal("prod", r.environment)
       local child, wh = s["tap-child"], s["target-wh"]
       assert.are.same({
         api_url = "https://eu.api.example.org",
-        api_token = "process-token",
+        api_token = "prod-token-from-block",
         start_date = "2024-06-01",
         ["streams.orders.limit"] = 500,
         ["streams.users"] = {},
@@ -804,6 +805,9 @@ plugins:
       assert.are.equal("environment", child["streams.orders.limit"].source)
       assert.are.equal("environments/prod.meltano.yml:10", child["streams.orders.limit"].origin)
       assert.are.same({ database = "wh_prod", password = "from-dotenv" }, values(wh))
+      -- without the environment's env: block, the process environment counts
+      s = resolve(dir, { environment = false, unsafe = true, env = { API_TOKEN = "process-token" } })
+      assert.are.equal("process-token", s["tap-child"].api_token.value)
       assert.are.equal("environment", wh.database.source)
 
       s = resolve(dir, { environment = "dev" })
