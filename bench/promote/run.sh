@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/bin/bash
 # Promotion benchmark: `moonops promote --yes` versus the documented git CLI flow
 #   git clone DST; git remote add src SRC; git pull -X theirs --allow-unrelated-histories src main; git push
 # on identical copies of a generated target (FILES files, COMMITS commits on each side),
@@ -25,6 +25,17 @@ git config --global init.defaultBranch main
 
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
+# wall, user+sys CPU (children included) of a command, as "wall cpu"
+TIMEFORMAT='%R %U %S'
+measure() { { time "$@" >/dev/null 2>&1; } 2>&1 | awk '{ printf "%.3f %.3f\n", $1, $2 + $3 }'; }
+manual_flow() {
+  cd "$W" && git clone -q "$(url t-git.git)" manual && cd manual && git remote add src "$(url source.git)" \
+    && git -c pull.rebase=false pull -q --no-edit -X theirs --allow-unrelated-histories src main \
+    && git push -q origin main
+}
+moonops_flow() {
+  cd "$W/cwd" && "$BIN" --quiet promote --from "$(url source.git)" --to "$(url t-mo.git)" --yes
+}
 
 t=$(now)
 for side in source target; do
@@ -43,8 +54,8 @@ until bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT" 2>/dev/null; do
 done
 
 printf 'promote: %s files, %s commits on each side (generated in %s s)\n\n' "$FILES" "$COMMITS" "$gen"
-printf '| remotes | git CLI flow (s) | moonops promote --yes (s) | ratio | same tree and parents |\n'
-printf '| --- | ---: | ---: | ---: | --- |\n'
+printf '| remotes | git CLI wall (s) | moonops wall (s) | wall ratio | git CLI CPU (s) | moonops CPU (s) | CPU ratio | same tree and parents |\n'
+printf '| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n'
 status=0
 for kind in daemon path; do
   rm -rf "$W/srv/t-git.git" "$W/srv/t-mo.git" "$W/manual" "$W/cwd"
@@ -52,26 +63,15 @@ for kind in daemon path; do
   cp -a "$W/srv/target.git" "$W/srv/t-mo.git"
   if [ "$kind" = daemon ]; then url() { echo "git://127.0.0.1:$PORT/$1"; }; else url() { echo "$W/srv/$1"; }; fi
 
-  t=$(now)
-  (
-    cd "$W"
-    git clone -q "$(url t-git.git)" manual
-    cd manual
-    git remote add src "$(url source.git)"
-    git -c pull.rebase=false pull -q --no-edit -X theirs --allow-unrelated-histories src main >/dev/null
-    git push -q origin main
-  )
-  cli=$(since "$t")
-
+  read -r cli cli_cpu < <(measure manual_flow)
   mkdir -p "$W/cwd"
-  t=$(now)
-  (cd "$W/cwd" && "$BIN" --quiet promote --from "$(url source.git)" --to "$(url t-mo.git)" --yes >/dev/null)
-  mo=$(since "$t")
-
+  read -r mo mo_cpu < <(measure moonops_flow)
   same=yes
   [ "$(git -C "$W/srv/t-git.git" rev-parse 'main^{tree}')" = "$(git -C "$W/srv/t-mo.git" rev-parse 'main^{tree}')" ] \
     && [ "$(git -C "$W/srv/t-git.git" rev-parse 'main^@')" = "$(git -C "$W/srv/t-mo.git" rev-parse 'main^@')" ] \
     || { same=NO; status=1; }
-  printf '| %s | %s | %s | %s | %s |\n' "$kind" "$cli" "$mo" "$(awk -v a="$mo" -v b="$cli" 'BEGIN { printf "%.2f", a / b }')" "$same"
+  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$kind" "$cli" "$mo" "$(ratio "$mo" "$cli")" \
+    "$cli_cpu" "$mo_cpu" "$(ratio "$mo_cpu" "$cli_cpu")" "$same"
 done
 exit $status

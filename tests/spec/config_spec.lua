@@ -112,6 +112,13 @@ describe("moonops.config", function()
       assert.same({ a = { b = 1, c = { d = 2 } } }, assert(config.nest({ ["a.b"] = 1, ["a.c.d"] = 2 })))
     end)
 
+    it("round-trips empty keys", function()
+      local v = { [""] = { [""] = 1, x = { [""] = 2 } } }
+      local flat = config.flatten(v)
+      assert.same({ ["."] = 1, [".x."] = 2 }, flat)
+      assert.same(v, assert(config.nest(flat)))
+    end)
+
     it("fills an empty mapping leaf without touching the input", function()
       local empty = {}
       local n = assert(config.nest({ a = empty, ["a.b"] = 1 }))
