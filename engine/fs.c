@@ -13,7 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/rand.h>
+#include <sys/random.h>
 
 #include "internal.h"
 
@@ -473,7 +473,8 @@ static int fs_symlink_swap(lua_State *L) {
   const char *target = luaL_checkstring(L, 1);
   const char *link = luaL_checkstring(L, 2);
   unsigned char r[6];
-  if (RAND_bytes(r, sizeof r) != 1) return luaL_error(L, "symlink_swap: RNG failure");
+  if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
+    return luaL_error(L, "symlink_swap: RNG failure");
   lua_pushfstring(L, "%s.tmp-%d%d%d", link, (int)(r[0] << 16 | r[1] << 8 | r[2]),
                   (int)(r[3] << 8 | r[4]), (int)r[5]);
   const char *tmp = lua_tostring(L, -1);
