@@ -121,7 +121,8 @@ static void name_init(lua_State *L, namebuf *nb) {
 static void name_reserve(namebuf *nb, size_t extra) {
   if (nb->len + extra <= nb->cap) return;
   size_t cap = nb->cap;
-  while (cap < nb->len + extra) cap *= 2;
+  while (cap < nb->len + extra)
+    cap *= 2;
   char *p = lua_newuserdatauv(nb->L, cap, 0);
   memcpy(p, nb->p, nb->len);
   lua_replace(nb->L, nb->slot);
@@ -159,8 +160,9 @@ typedef struct {
   namebuf name;
 } merger;
 
-/* sources[name] = {layer = ..., origin = "file:line"} for a leaf from layer `id`. */
-static void record_leaf(merger *c, int id, int parent, int key) {
+/* sources[name] = {layer = ..., origin = "file:line"} for a leaf of layer `id`, held under
+ * `key` by a mapping whose yaml meta is at `meta` (0 or nil when it has none). */
+static void record_leaf(merger *c, int id, int meta, int key) {
   lua_State *L = c->L;
   if (!c->sources) return;
   luaL_checkstack(L, 6, "config sources");
@@ -171,13 +173,20 @@ static void record_leaf(merger *c, int id, int parent, int key) {
     lua_pushvalue(L, li->name);
     lua_setfield(L, -2, "layer");
   }
+  int has_meta = meta && lua_istable(L, meta);
   const char *file = li->file ? lua_tostring(L, li->file) : NULL;
-  if (file == NULL && parent) file = mo_yaml_source(L, parent);
-  int line = parent && key ? mo_yaml_key_line(L, parent, key) : 0;
-  if (file != NULL && line > 0) lua_pushfstring(L, "%s:%d", file, line);
-  else if (file != NULL) lua_pushstring(L, file);
-  else if (line > 0) lua_pushfstring(L, "line %d", line);
-  else lua_pushnil(L);
+  if (file == NULL && has_meta && lua_rawgeti(L, meta, MO_META_SOURCE) == LUA_TSTRING)
+    file = lua_tostring(L, -1); /* kept alive by the meta table */
+  if (has_meta && !li->file) lua_pop(L, 1);
+  int line = has_meta && key ? mo_yaml_meta_line(L, meta, key) : 0;
+  if (file != NULL && line > 0)
+    lua_pushfstring(L, "%s:%d", file, line);
+  else if (file != NULL)
+    lua_pushstring(L, file);
+  else if (line > 0)
+    lua_pushfstring(L, "line %d", line);
+  else
+    lua_pushnil(L);
   lua_setfield(L, -2, "origin");
   lua_rawset(L, c->sources);
 }
@@ -186,16 +195,18 @@ static void merge_tables(merger *c, int nc, const int *tables, const int *ids, i
 
 /*
  * Push the merged value of one slot. vals[i] (highest priority first) are stack
- * indices of the values the layers hold there (nil when absent); parents[i] the
- * tables holding them and key the key (both 0 at the root).
+ * indices of the values the layers hold there (nil when absent); metas[i] the yaml
+ * meta of the mappings holding them and key the key (NULL and 0 at the root).
  */
-static void merge_slot(merger *c, int n, const int *vals, const int *ids, const int *parents,
-                       int key, int depth) {
+static void merge_slot(merger *c, int n, const int *vals, const int *ids, const int *metas, int key,
+                       int depth) {
   lua_State *L = c->L;
   int first = -1, null_at = -1;
   for (int i = 0; i < n && first < 0; i++) {
-    if (!absent(L, vals[i])) first = i;
-    else if (null_at < 0 && is_null(L, vals[i])) null_at = i;
+    if (!absent(L, vals[i]))
+      first = i;
+    else if (null_at < 0 && is_null(L, vals[i]))
+      null_at = i;
   }
   if (first < 0) {
     /* nothing but null (or nothing at all) */
@@ -204,13 +215,13 @@ static void merge_slot(merger *c, int n, const int *vals, const int *ids, const 
       return;
     }
     lua_pushlightuserdata(L, NULL);
-    if (parents) record_leaf(c, ids[null_at], parents[null_at], key);
+    if (metas) record_leaf(c, ids[null_at], metas[null_at], key);
     return;
   }
   if (!is_open_mapping(L, vals[first])) {
     /* a scalar, an array or an empty mapping: taken whole, and it hides what is below */
     copy_value(L, vals[first], depth);
-    if (parents) record_leaf(c, ids[first], parents[first], key);
+    if (metas) record_leaf(c, ids[first], metas[first], key);
     return;
   }
   int tables[MAX_LAYERS], tids[MAX_LAYERS], nc = 0;
@@ -220,14 +231,17 @@ static void merge_slot(merger *c, int n, const int *vals, const int *ids, const 
     tables[nc] = vals[i];
     tids[nc++] = ids[i];
   }
-  merge_tables(c, nc, tables, tids, depth);
+  if (nc == 1 && !c->sources)
+    copy_value(L, tables[0], depth); /* nothing to merge or record */
+  else
+    merge_tables(c, nc, tables, tids, depth);
 }
 
 /* Push the merge of nc non-empty mappings (highest priority first). */
 static void merge_tables(merger *c, int nc, const int *tables, const int *ids, int depth) {
   lua_State *L = c->L;
   if (depth > MAX_DEPTH) too_deep(L, "merge");
-  luaL_checkstack(L, nc + 12, "config merge");
+  luaL_checkstack(L, 2 * nc + 12, "config merge");
   lua_newtable(L);
   int result = lua_gettop(L);
   int meta = 0; /* with several layers: the key order, lines unknown (sources has them) */
@@ -242,10 +256,18 @@ static void merge_tables(merger *c, int nc, const int *tables, const int *ids, i
     lua_pushboolean(L, 0);
     lua_rawseti(L, meta, MO_META_SOURCE);
   }
+  int metas[MAX_LAYERS];
+  for (int j = 0; j < nc; j++) {
+    if (c->sources)
+      mo_yaml_push_meta(L, tables[j]);
+    else
+      lua_pushnil(L);
+    metas[j] = lua_gettop(L);
+  }
   int base = lua_gettop(L);
   /* keys in order: the lowest layer's first, then each higher layer's new ones */
   for (int li = nc - 1; li >= 0; li--) {
-    mo_yaml_push_keys(L, tables[li]);
+    mo_yaml_push_key_list(L, tables[li]);
     int keys = lua_gettop(L);
     lua_Integer nk = (lua_Integer)lua_rawlen(L, keys);
     for (lua_Integer k = 1; k <= nk; k++) {
@@ -264,7 +286,7 @@ static void merge_tables(merger *c, int nc, const int *tables, const int *ids, i
         vals[j] = lua_gettop(L);
       }
       size_t mark = c->sources ? name_push(&c->name, L, key, depth == 0) : 0;
-      merge_slot(c, nc, vals, ids, tables, key, depth + 1);
+      merge_slot(c, nc, vals, ids, metas, key, depth + 1);
       if (c->sources) c->name.len = mark;
       if (!lua_isnil(L, -1)) {
         lua_pushvalue(L, key);
@@ -282,8 +304,10 @@ static void merge_tables(merger *c, int nc, const int *tables, const int *ids, i
     }
     lua_settop(L, base);
   }
-  if (meta) mo_yaml_set_meta(L, result, meta);
-  else copy_identity(L, tables[0], result);
+  if (meta)
+    mo_yaml_set_meta(L, result, meta);
+  else
+    copy_identity(L, tables[0], result);
   lua_settop(L, result);
 }
 
@@ -298,7 +322,8 @@ static int config_merge(lua_State *L) {
 }
 
 /* config.resolve(layers) -> value, sources
- * layers: highest priority first, each {name = "environment", value = table, file = "meltano.yml"} */
+ * layers: highest priority first, each {name = "environment", value = table, file = "meltano.yml"}
+ */
 static int config_resolve(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
@@ -343,7 +368,7 @@ static void flatten_into(lua_State *L, int t, int flat, int names, lua_Integer *
                          int depth) {
   if (depth > MAX_DEPTH) too_deep(L, "flatten");
   luaL_checkstack(L, 8, "config.flatten");
-  mo_yaml_push_keys(L, t);
+  mo_yaml_push_key_list(L, t);
   int keys = lua_gettop(L);
   lua_Integer nk = (lua_Integer)lua_rawlen(L, keys);
   for (lua_Integer k = 1; k <= nk; k++) {
@@ -413,7 +438,7 @@ static int config_nest(lua_State *L) {
   lua_pushvalue(L, 2);
   lua_pushboolean(L, 1);
   lua_rawset(L, 3);
-  mo_yaml_push_keys(L, 1); /* 4: names, sorted, so "a" comes before "a.b" */
+  mo_yaml_push_key_list(L, 1); /* 4: names, sorted, so "a" comes before "a.b" */
   lua_Integer nk = (lua_Integer)lua_rawlen(L, 4);
   for (lua_Integer k = 1; k <= nk; k++) {
     if (lua_rawgeti(L, 4, k) != LUA_TSTRING)
@@ -523,13 +548,17 @@ static int expand_string(expander *x, int idx) {
     if (i + 1 < len && name_start((unsigned char)s[i + 1])) {
       name = i + 1;
       nlen = 1;
-      while (name + nlen < len && name_char((unsigned char)s[name + nlen])) nlen++;
+      while (name + nlen < len && name_char((unsigned char)s[name + nlen]))
+        nlen++;
       next = name + nlen;
     } else if (i + 2 < len && s[i + 1] == '{' && name_start((unsigned char)s[i + 2])) {
       name = i + 2;
-      while (name + nlen < len && name_char((unsigned char)s[name + nlen])) nlen++;
-      if (name + nlen < len && s[name + nlen] == '}') next = name + nlen + 1;
-      else nlen = 0; /* "${" without a name and "}": literal */
+      while (name + nlen < len && name_char((unsigned char)s[name + nlen]))
+        nlen++;
+      if (name + nlen < len && s[name + nlen] == '}')
+        next = name + nlen + 1;
+      else
+        nlen = 0; /* "${" without a name and "}": literal */
     }
     if (nlen == 0) {
       luaL_addchar(&b, '$');
@@ -554,7 +583,8 @@ static int expand_string(expander *x, int idx) {
   return 1;
 }
 
-/* Push the expanded copy of the value at idx; 0 (with the variable name pushed) on a strict miss. */
+/* Push the expanded copy of the value at idx; 0 (with the variable name pushed) on a strict miss.
+ */
 static int expand_value(expander *x, int idx, int depth) {
   lua_State *L = x->L;
   if (lua_type(L, idx) == LUA_TSTRING) return expand_string(x, idx);
@@ -604,8 +634,8 @@ static int config_expand(lua_State *L) {
 
 int luaopen_moonops_config(lua_State *L) {
   static const luaL_Reg funcs[] = {
-      {"merge", config_merge},   {"resolve", config_resolve}, {"flatten", config_flatten},
-      {"nest", config_nest},     {"expand", config_expand},   {NULL, NULL},
+      {"merge", config_merge}, {"resolve", config_resolve}, {"flatten", config_flatten},
+      {"nest", config_nest},   {"expand", config_expand},   {NULL, NULL},
   };
   luaL_newlib(L, funcs);
   return 1;

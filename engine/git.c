@@ -31,19 +31,6 @@ static void git_global_init(void) {
   git_libgit2_init();
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-/*
- * libgit2 1.5's git_regexp_search does not free its PCRE2 match data when a
- * pattern does not match (every remote lookup scans the config for
- * url.*.insteadOf that way). That leak is in the library, not here; keep it out
- * of LeakSanitizer reports so real leaks stand out.
- */
-const char *__lsan_default_suppressions(void);
-const char *__lsan_default_suppressions(void) {
-  return "leak:libpcre2-8.so\n";
-}
-#endif
-
 /* ---- messages ------------------------------------------------------------ */
 
 /*

@@ -52,11 +52,17 @@ int mo_notify_signal(const char *name);
 #define MO_META_COL 2
 #define MO_META_SOURCE 3
 #define MO_META_HEAD 3
-void mo_yaml_push_meta(lua_State *L, int table_idx); /* meta table or nil */
+/* meta of a table, or nil */
+void mo_yaml_push_meta(lua_State *L, int table_idx);
 void mo_yaml_set_meta(lua_State *L, int table_idx, int meta_idx);
-int mo_yaml_key_line(lua_State *L, int table_idx, int key_idx); /* 1-based; 0 when unknown */
-const char *mo_yaml_source(lua_State *L, int table_idx);      /* NULL when unknown */
-void mo_yaml_push_keys(lua_State *L, int table_idx); /* keys, document order first */
+/* line (1-based) of a key or item, 0 when unknown; the same given a mapping's meta */
+int mo_yaml_key_line(lua_State *L, int table_idx, int key_idx);
+int mo_yaml_meta_line(lua_State *L, int meta_idx, int key_idx);
+/* the name given to yaml.load, NULL when unknown */
+const char *mo_yaml_source(lua_State *L, int table_idx);
+/* keys in document order, then others sorted; as an array, or a plain list */
+void mo_yaml_push_keys(lua_State *L, int table_idx);
+void mo_yaml_push_key_list(lua_State *L, int table_idx);
 
 /* Module openers, registered in package.preload by vm.c. */
 int luaopen_moonops_engine(lua_State *L);

@@ -85,6 +85,7 @@ static void *lazy_module(const char *file, char *err, size_t errlen) {
   return lib;
 }
 
+#ifndef MOONOPS_STATIC_MODULES
 /* package.preload loader for a lazy module; upvalues: file name, luaopen symbol. */
 static int lazy_loader(lua_State *L) {
   const char *file = lua_tostring(L, lua_upvalueindex(1));
@@ -97,6 +98,7 @@ static int lazy_loader(lua_State *L) {
   lua_settop(L, 1);
   return open(L);
 }
+#endif
 
 /* The version a library reports at run time, through a lazily loaded module. */
 static void push_lib_version(lua_State *L, const char *file, const char *lib) {

@@ -119,6 +119,11 @@ static lua_Integer meta_key_line(lua_State *L, int meta_idx, int key_idx) {
   return line;
 }
 
+int mo_yaml_meta_line(lua_State *L, int meta_idx, int key_idx) {
+  lua_Integer line = meta_key_line(L, lua_absindex(L, meta_idx), lua_absindex(L, key_idx));
+  return line > 0 && line <= 0x7fffffff ? (int)line : 0;
+}
+
 int mo_yaml_key_line(lua_State *L, int table_idx, int key_idx) {
   table_idx = lua_absindex(L, table_idx);
   key_idx = lua_absindex(L, key_idx);
@@ -215,14 +220,14 @@ static lua_Integer push_extra_keys(lua_State *L, int t, int known, int out, lua_
  * loader first, in document order (those still present), then any other keys
  * sorted. An array gives 1..#t.
  */
-void mo_yaml_push_keys(lua_State *L, int idx) {
+static void push_keys(lua_State *L, int idx, int mark) {
   idx = lua_absindex(L, idx);
   luaL_checkstack(L, 10, "yaml keys");
   int array = is_array_mt(L, idx);
   lua_Integer len = array ? (lua_Integer)lua_rawlen(L, idx) : 0;
   lua_createtable(L, (int)len, 0);
   int out = lua_gettop(L);
-  mo_mark_array(L, out);
+  if (mark) mo_mark_array(L, out);
   if (array) {
     for (lua_Integer i = 1; i <= len; i++) {
       lua_pushinteger(L, i);
@@ -269,6 +274,14 @@ void mo_yaml_push_keys(lua_State *L, int idx) {
   lua_settop(L, out);
 }
 
+void mo_yaml_push_keys(lua_State *L, int idx) {
+  push_keys(L, idx, 1);
+}
+
+void mo_yaml_push_key_list(lua_State *L, int idx) {
+  push_keys(L, idx, 0);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Scalar resolution (YAML 1.2 core schema)                                  */
 
@@ -286,8 +299,8 @@ static int is_digit(int c) {
 static int word_is(const char *s, size_t n, const char *lower, const char *title,
                    const char *upper) {
   size_t w = strlen(lower);
-  return n == w && (memcmp(s, lower, n) == 0 || memcmp(s, title, n) == 0 ||
-                    memcmp(s, upper, n) == 0);
+  return n == w &&
+         (memcmp(s, lower, n) == 0 || memcmp(s, title, n) == 0 || memcmp(s, upper, n) == 0);
 }
 
 /*
@@ -324,8 +337,7 @@ static int plain_type(lua_State *L, const char *s, size_t n) {
     return LUA_TSTRING;
   case '.':
   case '+':
-  case '-':
-    break;
+  case '-': break;
   default:
     if (!is_digit((unsigned char)s[0])) return LUA_TSTRING;
   }
@@ -360,7 +372,8 @@ static int plain_type(lua_State *L, const char *s, size_t n) {
     }
   }
   size_t int_start = i;
-  while (i < n && is_digit((unsigned char)s[i])) i++;
+  while (i < n && is_digit((unsigned char)s[i]))
+    i++;
   size_t nint = i - int_start;
   if (i == n) {
     if (nint == 0) return LUA_TSTRING;
@@ -376,14 +389,16 @@ static int plain_type(lua_State *L, const char *s, size_t n) {
   size_t nfrac = 0;
   if (s[i] == '.') {
     i++;
-    while (i < n && is_digit((unsigned char)s[i])) i++, nfrac++;
+    while (i < n && is_digit((unsigned char)s[i]))
+      i++, nfrac++;
   }
   if (nint == 0 && nfrac == 0) return LUA_TSTRING;
   if (i < n && (s[i] == 'e' || s[i] == 'E')) {
     i++;
     if (i < n && (s[i] == '+' || s[i] == '-')) i++;
     size_t nexp = 0;
-    while (i < n && is_digit((unsigned char)s[i])) i++, nexp++;
+    while (i < n && is_digit((unsigned char)s[i]))
+      i++, nexp++;
     if (nexp == 0) return LUA_TSTRING;
   }
   if (i != n) return LUA_TSTRING;
@@ -394,8 +409,8 @@ static int plain_type(lua_State *L, const char *s, size_t n) {
 
 /* Words other YAML readers (1.1: PyYAML, older tools) take for a non-string. */
 static int yaml11_special(const char *s, size_t n) {
-  static const char *const words[] = {"y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO",
-                                      "on", "On", "ON", "off", "Off", "OFF", NULL};
+  static const char *const words[] = {"y",  "Y",  "yes", "Yes", "YES", "n",   "N",   "no", "No",
+                                      "NO", "on", "On",  "ON",  "off", "Off", "OFF", NULL};
   for (int i = 0; words[i]; i++)
     if (strlen(words[i]) == n && memcmp(words[i], s, n) == 0) return 1;
   /* dates and times: 2023-02-05, 2017-01-01T00:00:00Z */
@@ -460,7 +475,8 @@ static size_t char_to_byte(const char *text, size_t len, size_t chars) {
   size_t b = 0;
   while (b < len && chars > 0) {
     b++;
-    while (b < len && ((unsigned char)text[b] & 0xC0) == 0x80) b++;
+    while (b < len && ((unsigned char)text[b] & 0xC0) == 0x80)
+      b++;
     chars--;
   }
   return b;
@@ -489,7 +505,8 @@ static int raise_at(builder *b, yaml_mark_t mark, const char *fmt, ...) {
 
 static int parse_error(builder *b) {
   yaml_parser_t *p = &b->ld->parser;
-  if (p->error == YAML_MEMORY_ERROR) return luaL_error(b->L, "%s: out of memory", lua_tostring(b->L, b->name_idx));
+  if (p->error == YAML_MEMORY_ERROR)
+    return luaL_error(b->L, "%s: out of memory", lua_tostring(b->L, b->name_idx));
   const char *problem = p->problem ? p->problem : "invalid YAML";
   yaml_mark_t mark = p->problem_mark;
   if (p->error == YAML_READER_ERROR) {
@@ -507,7 +524,8 @@ static int parse_error(builder *b) {
   }
   size_t at = char_to_byte(b->text, b->len, mark.index);
   if (at < b->len && b->text[at] == '\t')
-    return raise_at(b, mark, "tab character where indentation is expected (YAML allows only spaces)");
+    return raise_at(b, mark,
+                    "tab character where indentation is expected (YAML allows only spaces)");
   if (p->context && p->context_mark.line != mark.line)
     return raise_at(b, mark, "%s %s (started on line %d)", problem, p->context,
                     (int)p->context_mark.line + 1);
@@ -553,7 +571,8 @@ static void copy_alias(builder *b, int idx, int depth, yaml_mark_t mark, const c
     lua_pushvalue(L, idx);
     return;
   }
-  if (depth > MAX_DEPTH) raise_at(b, mark, "alias *%s nests deeper than %d levels", alias, MAX_DEPTH);
+  if (depth > MAX_DEPTH)
+    raise_at(b, mark, "alias *%s nests deeper than %d levels", alias, MAX_DEPTH);
   luaL_checkstack(L, 6, "yaml alias");
   int array = is_array_mt(L, idx);
   lua_createtable(L, array ? (int)lua_rawlen(L, idx) : 0, 0);
@@ -641,7 +660,8 @@ static void register_anchor(builder *b, int name_idx, int value_idx) {
 }
 
 /* Merge `<<` sources (list at merges_idx, highest precedence first) into the mapping. */
-static void apply_merges(builder *b, int t, int m, int merges, lua_Integer *n, lua_Integer merge_line) {
+static void apply_merges(builder *b, int t, int m, int merges, lua_Integer *n,
+                         lua_Integer merge_line) {
   lua_State *L = b->L;
   lua_Integer count = (lua_Integer)lua_rawlen(L, merges);
   for (lua_Integer i = 1; i <= count; i++) {
@@ -649,7 +669,7 @@ static void apply_merges(builder *b, int t, int m, int merges, lua_Integer *n, l
     int src = lua_gettop(L);
     mo_yaml_push_meta(L, src);
     int src_meta = lua_gettop(L);
-    mo_yaml_push_keys(L, src);
+    push_keys(L, src, 0);
     int keys = lua_gettop(L);
     lua_Integer nk = (lua_Integer)lua_rawlen(L, keys);
     for (lua_Integer k = 1; k <= nk; k++) {
@@ -690,8 +710,10 @@ static void add_merge_source(builder *b, int merges, int value, yaml_mark_t km) 
     for (lua_Integer i = 1; i <= n && ok; i++) {
       lua_rawgeti(L, value, i);
       ok = lua_istable(L, -1) && !is_array_mt(L, -1);
-      if (ok) lua_rawseti(L, merges, (lua_Integer)lua_rawlen(L, merges) + 1);
-      else lua_pop(L, 1);
+      if (ok)
+        lua_rawseti(L, merges, (lua_Integer)lua_rawlen(L, merges) + 1);
+      else
+        lua_pop(L, 1);
     }
   } else if (ok) {
     lua_pushvalue(L, value);
@@ -724,7 +746,8 @@ static void build_mapping(builder *b, int depth) {
       const char *s = (const char *)e->data.scalar.value;
       size_t len = e->data.scalar.length;
       if (e->data.scalar.style == YAML_PLAIN_SCALAR_STYLE && len == 2 && s[0] == '<' &&
-          s[1] == '<' && (e->data.scalar.tag == NULL || tag_is((const char *)e->data.scalar.tag, "merge"))) {
+          s[1] == '<' &&
+          (e->data.scalar.tag == NULL || tag_is((const char *)e->data.scalar.tag, "merge"))) {
         is_merge = 1;
       } else {
         lua_pushlstring(L, s, len);
@@ -873,7 +896,6 @@ static int load_protected(lua_State *L) {
   return 1;
 }
 
-
 /* Run load_protected on (loader, text, name); always closes the loader. */
 static int run_load(lua_State *L, int ld_idx, int text_idx, int name_idx) {
   lua_pushcfunction(L, load_protected);
@@ -1008,7 +1030,8 @@ static int dumper_write(void *data, unsigned char *bytes, size_t size) {
   yaml_dumper *d = data;
   if (size > d->cap - d->len) {
     size_t cap = d->cap ? d->cap : 4096;
-    while (cap - d->len < size) cap *= 2;
+    while (cap - d->len < size)
+      cap *= 2;
     char *nb = realloc(d->buf, cap);
     if (nb == NULL) return 0;
     d->buf = nb;
@@ -1065,8 +1088,10 @@ static void emit_scalar(lua_State *L, yaml_dumper *d, const char *s, size_t n,
 
 static void emit_string(lua_State *L, yaml_dumper *d, const char *s, size_t n) {
   yaml_scalar_style_t style = YAML_ANY_SCALAR_STYLE;
-  if (plain_misreads(s, n)) style = YAML_SINGLE_QUOTED_SCALAR_STYLE;
-  else if (memchr(s, '\n', n)) style = YAML_LITERAL_SCALAR_STYLE;
+  if (plain_misreads(s, n))
+    style = YAML_SINGLE_QUOTED_SCALAR_STYLE;
+  else if (memchr(s, '\n', n))
+    style = YAML_LITERAL_SCALAR_STYLE;
   emit_scalar(L, d, s, n, style);
 }
 
@@ -1112,7 +1137,7 @@ static void dump_table(lua_State *L, yaml_dumper *d, int idx, int depth, int see
     yaml_sequence_end_event_initialize(&ev);
     emit(L, d, &ev);
   } else {
-    mo_yaml_push_keys(L, idx);
+    push_keys(L, idx, 0);
     int keys = lua_gettop(L);
     lua_Integer n = (lua_Integer)lua_rawlen(L, keys);
     yaml_mapping_start_event_initialize(&ev, NULL, NULL, 1,
@@ -1149,8 +1174,10 @@ static void dump_value(lua_State *L, yaml_dumper *d, int idx, int depth, int see
   switch (lua_type(L, idx)) {
   case LUA_TNIL: emit_scalar(L, d, "null", 4, YAML_PLAIN_SCALAR_STYLE); break;
   case LUA_TBOOLEAN:
-    if (lua_toboolean(L, idx)) emit_scalar(L, d, "true", 4, YAML_PLAIN_SCALAR_STYLE);
-    else emit_scalar(L, d, "false", 5, YAML_PLAIN_SCALAR_STYLE);
+    if (lua_toboolean(L, idx))
+      emit_scalar(L, d, "true", 4, YAML_PLAIN_SCALAR_STYLE);
+    else
+      emit_scalar(L, d, "false", 5, YAML_PLAIN_SCALAR_STYLE);
     break;
   case LUA_TNUMBER:
     fmt_number(L, idx, num, sizeof num);
@@ -1219,10 +1246,14 @@ static int utf8_valid(const unsigned char *s, size_t n) {
     if (c < 0x80) {
       i++;
       continue;
-    } else if ((c & 0xE0) == 0xC0) k = 1, cp = c & 0x1F;
-    else if ((c & 0xF0) == 0xE0) k = 2, cp = c & 0x0F;
-    else if ((c & 0xF8) == 0xF0) k = 3, cp = c & 0x07;
-    else return 0;
+    } else if ((c & 0xE0) == 0xC0)
+      k = 1, cp = c & 0x1F;
+    else if ((c & 0xF0) == 0xE0)
+      k = 2, cp = c & 0x0F;
+    else if ((c & 0xF8) == 0xF0)
+      k = 3, cp = c & 0x07;
+    else
+      return 0;
     for (size_t j = 1; j <= k; j++) {
       if (i + j >= n || (s[i + j] & 0xC0) != 0x80) return 0;
       cp = (cp << 6) | (s[i + j] & 0x3F);
@@ -1299,7 +1330,8 @@ static void add_double_quoted(luaL_Buffer *b, const char *str, size_t n) {
     } else if (c == 0xC2 && i + 1 < n && s[i + 1] == 0x85) {
       luaL_addstring(b, "\\N");
       i += 1;
-    } else if (c == 0xE2 && i + 2 < n && s[i + 1] == 0x80 && (s[i + 2] == 0xA8 || s[i + 2] == 0xA9)) {
+    } else if (c == 0xE2 && i + 2 < n && s[i + 1] == 0x80 &&
+               (s[i + 2] == 0xA8 || s[i + 2] == 0xA9)) {
       luaL_addstring(b, s[i + 2] == 0xA8 ? "\\L" : "\\P");
       i += 2;
     } else if (c == 0xEF && i + 2 < n && s[i + 1] == 0xBB && s[i + 2] == 0xBF) {
@@ -1355,12 +1387,15 @@ static void skip_node(builder *b) {
   long depth = 1;
   while (depth > 0) {
     t = next_event(b)->type;
-    if (t == YAML_MAPPING_START_EVENT || t == YAML_SEQUENCE_START_EVENT) depth++;
-    else if (t == YAML_MAPPING_END_EVENT || t == YAML_SEQUENCE_END_EVENT) depth--;
+    if (t == YAML_MAPPING_START_EVENT || t == YAML_SEQUENCE_START_EVENT)
+      depth++;
+    else if (t == YAML_MAPPING_END_EVENT || t == YAML_SEQUENCE_END_EVENT)
+      depth--;
   }
 }
 
-/* Read the rest of the stream: a parse error or a second document anywhere wins over other errors. */
+/* Read the rest of the stream: a parse error or a second document anywhere wins over other errors.
+ */
 static void drain(builder *b) {
   yaml_event_t *e = &b->ld->event;
   while (b->ld->event_live && e->type != YAML_STREAM_END_EVENT && e->type != YAML_NO_EVENT) {
@@ -1399,17 +1434,23 @@ static int edit_insert(builder *b, const char *orig, size_t bom, int key, int va
   lua_State *L = b->L;
   yaml_mark_t m = b->ld->event.start_mark;
   size_t at = char_to_byte(b->text, b->len, m.index), p = at;
-  while (p > 0 && b->text[p - 1] == ' ') p--;
+  while (p > 0 && b->text[p - 1] == ' ')
+    p--;
   int newline = 0;
-  if (p == 0 || b->text[p - 1] == '\n') at = p; /* the next token starts its line: insert before it */
-  else newline = 1;                              /* the text ends mid-line */
+  if (p == 0 || b->text[p - 1] == '\n')
+    at = p; /* the next token starts its line: insert before it */
+  else
+    newline = 1; /* the text ends mid-line */
   drain(b);
   luaL_Buffer ins;
-  if (!push_scalar_text(L, value, YAML_PLAIN_SCALAR_STYLE)) edit_fail(b, "the value is not valid UTF-8");
-  if (!push_scalar_text(L, key, YAML_PLAIN_SCALAR_STYLE)) edit_fail(b, "the key is not valid UTF-8");
+  if (!push_scalar_text(L, value, YAML_PLAIN_SCALAR_STYLE))
+    edit_fail(b, "the value is not valid UTF-8");
+  if (!push_scalar_text(L, key, YAML_PLAIN_SCALAR_STYLE))
+    edit_fail(b, "the key is not valid UTF-8");
   luaL_buffinit(L, &ins);
   if (newline) luaL_addchar(&ins, '\n');
-  for (size_t i = 0; i < col; i++) luaL_addchar(&ins, ' ');
+  for (size_t i = 0; i < col; i++)
+    luaL_addchar(&ins, ' ');
   lua_pushvalue(L, -2);
   luaL_addvalue(&ins);
   luaL_addstring(&ins, ": ");
@@ -1462,12 +1503,14 @@ static int edit_protected(lua_State *L) {
         skip_node(&b);
       }
       if (!found) {
-        if (create && i == np && !flow && nkeys > 0) return edit_insert(&b, orig, bom, comp, 4, col);
+        if (create && i == np && !flow && nkeys > 0)
+          return edit_insert(&b, orig, bom, comp, 4, col);
         edit_fail(&b, "no key \"%s\"", want);
       }
     } else if (e->type == YAML_SEQUENCE_START_EVENT) {
       if (!lua_isinteger(L, comp) || lua_tointeger(L, comp) < 1)
-        edit_fail(&b, "element %d of the path must be an index (1, 2, ...) into a sequence", (int)i);
+        edit_fail(&b, "element %d of the path must be an index (1, 2, ...) into a sequence",
+                  (int)i);
       lua_Integer k = lua_tointeger(L, comp);
       for (lua_Integer j = 1; j <= k; j++) {
         e = next_event(&b);
@@ -1489,8 +1532,8 @@ static int edit_protected(lua_State *L) {
 
   yaml_scalar_style_t style = e->data.scalar.style;
   size_t start = char_to_byte(text, len, e->start_mark.index);
-  size_t end = start + char_to_byte(text + start, len - start,
-                                    e->end_mark.index - e->start_mark.index);
+  size_t end =
+      start + char_to_byte(text + start, len - start, e->end_mark.index - e->start_mark.index);
   /* The node starts at its properties (&anchor, !tag): keep the anchor, drop the tag,
    * which would fight the new value's type. */
   size_t anchor = 0, anchor_len = 0, p = start;
@@ -1501,17 +1544,21 @@ static int edit_protected(lua_State *L) {
       q = p + 1 + name_len < end ? p + 1 + name_len : end; /* the scalar may follow directly */
       anchor = p, anchor_len = q - p;
     } else {
-      while (q < end && !is_space(text[q]) && text[q] != ',') q++;
+      while (q < end && !is_space(text[q]) && text[q] != ',')
+        q++;
     }
-    while (q < end && is_space(text[q])) q++;
+    while (q < end && is_space(text[q]))
+      q++;
     p = q;
   }
   int empty = e->data.scalar.length == 0 && style == YAML_PLAIN_SCALAR_STYLE && p >= end;
   if (style == YAML_LITERAL_SCALAR_STYLE || style == YAML_FOLDED_SCALAR_STYLE) {
     /* keep the line break after the content and any blank lines that follow */
     size_t q = end;
-    while (q > p && is_space(text[q - 1])) q--;
-    while (q < end && text[q] != '\n' && text[q] != '\r') q++;
+    while (q > p && is_space(text[q - 1]))
+      q--;
+    while (q < end && text[q] != '\n' && text[q] != '\r')
+      q++;
     end = q;
     style = YAML_PLAIN_SCALAR_STYLE;
   }
@@ -1583,10 +1630,11 @@ static int yaml_edit(lua_State *L) {
 int luaopen_moonops_yaml(lua_State *L) {
   static const luaL_Reg no_methods[] = {{NULL, NULL}};
   static const luaL_Reg funcs[] = {
-      {"load", yaml_load},     {"load_file", yaml_load_file}, {"dump", yaml_dump},
-      {"edit", yaml_edit},     {"is_array", yaml_is_array},   {"keys", yaml_keys},
-      {"line", yaml_line},     {"pos", yaml_pos},             {"source", yaml_source},
-      {NULL, NULL},
+      {"load", yaml_load},         {"load_file", yaml_load_file},
+      {"dump", yaml_dump},         {"edit", yaml_edit},
+      {"is_array", yaml_is_array}, {"keys", yaml_keys},
+      {"line", yaml_line},         {"pos", yaml_pos},
+      {"source", yaml_source},     {NULL, NULL},
   };
   mo_newclass(L, LOADER_T, no_methods, loader_close);
   mo_newclass(L, DUMPER_T, no_methods, dumper_close);

@@ -21,26 +21,24 @@ command -v "$cc" >/dev/null || { echo "run.sh: $cc not found (Debian package cla
 
 pkgs="lua5.4 libgit2 libcurl libmicrohttpd yaml-0.1 sqlite3 openssl"
 san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-cflags="-std=c11 -g -O1 -D_GNU_SOURCE -Wall -Wextra $san -I$root/engine -I$root/include $(pkg-config --cflags $pkgs)"
-cflags="$cflags -DMOONOPS_SOURCE_DIR=\"$root\" -DMOONOPS_BUILD_DIR=\"$build\""
+cflags="-std=c11 -g -O1 -D_GNU_SOURCE $san -I$root/engine -I$root/include $(pkg-config --cflags $pkgs)"
 libs="$(pkg-config --libs $pkgs) -lpthread -ldl -lm"
 
-mkdir -p "$build/obj"
-
-# The engine, compiled once with coverage instrumentation; rebuilt when a source
-# or a header is newer than its object.
-objs=()
-newest_header=$(ls -t "$root"/engine/*.h "$root"/include/moonops/*.h | head -1)
-for src in "$root"/engine/*.c; do
-  [ "$(basename "$src")" = main.c ] && continue
-  obj="$build/obj/$(basename "$src" .c).o"
-  if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$newest_header" -nt "$obj" ]; then
-    echo "cc $(basename "$src")"
-    # shellcheck disable=SC2086
-    "$cc" $cflags -fsanitize=fuzzer-no-link -c "$src" -o "$obj"
-  fi
-  objs+=("$obj")
-done
+# The engine is built by the project's own CMake (so the fuzz targets load the
+# same modules the same way moonops does) with clang, coverage instrumentation
+# and the sanitizers; the targets then link its static core.
+engine="$build/engine"
+if [ ! -f "$engine/CMakeCache.txt" ]; then
+  CC="$cc" cmake -S "$root" -B "$engine" -DCMAKE_BUILD_TYPE=Debug \
+    -DCMAKE_C_FLAGS="-O1 -fsanitize=fuzzer-no-link $san" \
+    -DCMAKE_EXE_LINKER_FLAGS="$san" -DCMAKE_SHARED_LINKER_FLAGS="$san" \
+    -DCMAKE_MODULE_LINKER_FLAGS="$san" >"$build/cmake.log" 2>&1 ||
+    { cat "$build/cmake.log"; exit 1; }
+fi
+echo "== engine: build ($engine)"
+cmake --build "$engine" -j "${JOBS:-2}" --target moonops >"$build/engine.log" 2>&1 ||
+  { tail -40 "$build/engine.log"; exit 1; }
+core="$engine/libmoonops_core.a"
 
 if [ $# -gt 0 ]; then
   targets=("$@")
@@ -60,7 +58,8 @@ for t in "${targets[@]}"; do
   bin="$build/$t"
   echo "== $t: build"
   # shellcheck disable=SC2086
-  "$cc" $cflags -fsanitize=fuzzer "$src" "${objs[@]}" $libs -Wl,-E -o "$bin"
+  "$cc" $cflags -fsanitize=fuzzer "$src" -Wl,--whole-archive "$core" -Wl,--no-whole-archive $libs -Wl,-E \
+    -o "$bin"
 
   seeds="$root/tests/fuzz/corpus/$t"
   saved="$root/tests/fuzz/regressions/$t"
