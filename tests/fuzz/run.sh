@@ -21,7 +21,7 @@ command -v "$cc" >/dev/null || { echo "run.sh: $cc not found (Debian package cla
 
 pkgs="lua5.4 libgit2 libcurl libmicrohttpd yaml-0.1 sqlite3 openssl"
 san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-cflags="-std=c11 -g -O1 -D_GNU_SOURCE $san -I$root/engine -I$root/include $(pkg-config --cflags $pkgs)"
+cflags="-std=c11 -g -O1 -D_GNU_SOURCE -Wall -Wextra $san -I$root/engine -I$root/include $(pkg-config --cflags $pkgs)"
 libs="$(pkg-config --libs $pkgs) -lpthread -ldl -lm"
 
 # The engine is built by the project's own CMake (so the fuzz targets load the
