@@ -354,6 +354,13 @@ local function check_schedule(ctx, t, index, by_name, workspaces)
   if by_name[s.name] then bad(ctx, t, "name", "%s is defined twice (also at %s)", what, by_name[s.name].where) end
   s.cron = want_string(ctx, t, "cron", what)
   if not s.cron or s.cron:match("^%s*$") then bad(ctx, t, nil, "%s needs a cron expression", what) end
+  local _, cron_err = require("moonops.cron").parse(s.cron)
+  if cron_err then bad(ctx, t, "cron", "%s: %s", what, cron_err) end
+  s.timezone = want_string(ctx, t, "timezone", what)
+  if s.timezone and not ({ ["local"] = true, UTC = true, utc = true, ["Etc/UTC"] = true })[s.timezone] then
+    bad(ctx, t, "timezone", "%s: timezone %q is not supported (use UTC, or leave it out for the system's local time)",
+      what, s.timezone)
+  end
   s.recipe = want_string(ctx, t, "recipe", what)
   if not s.recipe then bad(ctx, t, nil, "%s needs a recipe", what) end
   if not s.recipe:match("^[%w][%w_%-]*$") then
@@ -387,7 +394,6 @@ local function check_schedule(ctx, t, index, by_name, workspaces)
       s.env[k] = v
     end
   end
-  s.timezone = want_string(ctx, t, "timezone", what)
   by_name[s.name] = s
   return s
 end
@@ -480,6 +486,18 @@ function M.from_table(doc, file, dir)
 
   local plugins = want_list(ctx, doc, "plugins", "moonops.yml")
   s.plugins = check_plugins(ctx, plugins or {})
+
+  -- A schedule's recipe must exist, unless an enabled plugin may register it.
+  if #s.plugins == 0 then
+    local recipe = require "moonops.recipe"
+    local builtin = { version = true, lua = true, run = true, recipes = true, plugins = true, help = true }
+    for i, sched in ipairs(s.schedules) do
+      local r = sched.recipe
+      if not builtin[r] and not recipe.find(r) and not fs.stat(s.dir .. "/recipes/" .. r .. ".lua") then
+        bad(ctx, schedules[i], "recipe", "schedule %s: no recipe named %q (see 'moonops recipes')", sched.name, r)
+      end
+    end
+  end
   return s
 end
 

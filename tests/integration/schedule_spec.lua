@@ -179,10 +179,23 @@ describe("moonops schedule", function()
     end)
   end)
 
-  it("rejects invalid cron expressions naming the field", function()
+  it("validates schedules in moonops.yml with file:line: cron field, unknown recipe, duplicate name, timezone", function()
     local dir = T.tmpdir()
-    T.write(dir .. "/moonops.yml", "schedules:\n  - { name: bad, cron: \"0 24 * * *\", recipe: hello }\n")
-    local r = T.moonops({ "schedule", "list" }, { cwd = dir })
-    assert.matches("hour 24 is out of range 0%-23", r.stdout .. r.stderr)
+    local cases = {
+      { "schedules:\n  - { name: ok, cron: \"@daily\", recipe: hello }\n  - name: bad\n    cron: \"0 24 * * *\"\n" ..
+        "    recipe: hello\n", "moonops.yml:4: schedule bad: hour 24 is out of range 0%-23" },
+      { "schedules:\n  - { name: a, cron: \"0 2 * * *\", recipe: nosuch }\n",
+        "moonops.yml:2: schedule a: no recipe named \"nosuch\"" },
+      { "schedules:\n  - { name: a, cron: \"0 2 * * *\", recipe: hello }\n  - { name: a, cron: \"0 3 * * *\", recipe: hello }\n",
+        "moonops.yml:3: schedule a is defined twice %(also at moonops.yml:2%)" },
+      { "schedules:\n  - { name: a, cron: \"0 2 * * *\", recipe: hello, timezone: Mars/Olympus }\n",
+        "moonops.yml:2: schedule a: timezone \"Mars/Olympus\" is not supported" },
+    }
+    for _, c in ipairs(cases) do
+      T.write(dir .. "/moonops.yml", c[1])
+      local r = T.moonops({ "schedule", "list" }, { cwd = dir })
+      assert.equal(2, r.code, r.stderr)
+      assert.matches(c[2], r.stderr)
+    end
   end)
 end)
