@@ -2,6 +2,8 @@
 BUILD ?= build
 PREFIX ?= /usr/local
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+# The 60 s load test (ctest label `load`) runs only when asked: make test CTEST_ARGS='-L load'
+CTEST_ARGS ?= -LE load
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CMAKE_FLAGS ?=
 ifeq ($(SANITIZE),1)

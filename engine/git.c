@@ -371,17 +371,133 @@ static void check_strarray(lua_State *L, int idx, git_strarray *out, const char 
   out->count = len;
 }
 
-/* Look up a named remote, or make an anonymous one for a URL or path. */
+/*
+ * Remotes are built here rather than with git_remote_lookup or
+ * git_remote_create_anonymous: for url.<base>.insteadOf those scan every config
+ * entry with a regular expression, and libgit2 1.5 leaks the PCRE2 match data
+ * (20 kB and more) of every entry that does not match. That is tens of kB per
+ * fetch, without bound in a long-running server. The config is read directly
+ * instead, insteadOf applied below, and the remote created in memory with
+ * libgit2's own rewriting turned off.
+ */
+
+/* `url` rewritten by the longest matching url.<base>.insteadOf (pushInsteadOf
+ * first for pushes), as git does; a new string to free, NULL when out of memory. */
+static char *rewrite_url(git_config *cfg, const char *url, int push) {
+  char *best = NULL;
+  size_t best_len = 0;
+  for (int pass = push ? 0 : 1; cfg && pass < 2 && best == NULL; pass++) {
+    const char *suffix = pass == 0 ? ".pushinsteadof" : ".insteadof";
+    size_t slen = strlen(suffix);
+    git_config_iterator *it = NULL;
+    git_config_entry *e;
+    if (git_config_iterator_new(&it, cfg) < 0) {
+      git_error_clear();
+      break;
+    }
+    while (git_config_next(&e, it) == 0) {
+      size_t nlen = strlen(e->name), vlen = e->value ? strlen(e->value) : 0;
+      if (nlen <= 4 + slen || strncmp(e->name, "url.", 4) != 0 ||
+          strcmp(e->name + nlen - slen, suffix) != 0)
+        continue;
+      if (vlen == 0 || vlen <= best_len || strncmp(url, e->value, vlen) != 0) continue;
+      char *base = strndup(e->name + 4, nlen - 4 - slen);
+      if (base == NULL) continue;
+      free(best);
+      best = base;
+      best_len = vlen;
+    }
+    git_config_iterator_free(it);
+    git_error_clear();
+  }
+  if (best == NULL) return strdup(url);
+  size_t blen = strlen(best), rest = strlen(url + best_len);
+  char *out = malloc(blen + rest + 1);
+  if (out) {
+    memcpy(out, best, blen);
+    memcpy(out + blen, url + best_len, rest + 1);
+  }
+  free(best);
+  return out;
+}
+
+/* The configured value of remote.<name>.<key> into `out`; 0 when set. */
+static int remote_config(git_config *cfg, const char *name, const char *key, git_buf *out) {
+  char *var = malloc(strlen(name) + strlen(key) + 9);
+  if (var == NULL) return -1;
+  sprintf(var, "remote.%s.%s", name, key);
+  int rc = git_config_get_string_buf(out, cfg, var);
+  free(var);
+  if (rc < 0) git_error_clear();
+  return rc;
+}
+
+/* A named remote from the config, or an anonymous one for a URL or path. */
 static int open_remote(git_remote **out, git_repository *repo, const char *name, int *named) {
-  int valid = 0;
+  int valid = 0, rc;
+  git_config *cfg = NULL;
+  git_buf url = GIT_BUF_INIT, pushurl = GIT_BUF_INIT;
   *named = 0;
-  if (git_remote_name_is_valid(&valid, name) == 0 && valid &&
-      git_remote_lookup(out, repo, name) == 0) {
+  *out = NULL;
+  if (git_repository_config_snapshot(&cfg, repo) < 0) git_error_clear();
+  const char *target = name;
+  if (cfg && git_remote_name_is_valid(&valid, name) == 0 && valid &&
+      remote_config(cfg, name, "url", &url) == 0) {
+    target = url.ptr;
     *named = 1;
-    return 0;
+    remote_config(cfg, name, "pushurl", &pushurl);
   }
   git_error_clear();
-  return git_remote_create_anonymous(out, repo, name);
+  char *fetch_url = rewrite_url(cfg, target, 0);
+  /* an explicit pushurl is only rewritten by insteadOf, as in git */
+  char *push_url = pushurl.size ? rewrite_url(cfg, pushurl.ptr, 0) : rewrite_url(cfg, target, 1);
+  if (fetch_url == NULL || push_url == NULL) {
+    git_error_set_oom();
+    rc = -1;
+  } else {
+    git_remote_create_options o;
+    git_remote_create_options_init(&o, GIT_REMOTE_CREATE_OPTIONS_VERSION);
+    o.repository = repo;
+    o.flags = GIT_REMOTE_CREATE_SKIP_INSTEADOF | GIT_REMOTE_CREATE_SKIP_DEFAULT_FETCHSPEC;
+    rc = git_remote_create_with_opts(out, fetch_url, &o);
+    if (rc == 0 && strcmp(push_url, fetch_url) != 0) rc = git_remote_set_instance_pushurl(*out, push_url);
+    if (rc < 0) {
+      git_remote_free(*out);
+      *out = NULL;
+    }
+  }
+  free(fetch_url);
+  free(push_url);
+  git_buf_dispose(&url);
+  git_buf_dispose(&pushurl);
+  git_config_free(cfg);
+  return rc;
+}
+
+/* The fetch refspecs configured for a named remote, for a fetch given none (strings
+ * owned by Lua, on the stack). */
+static void configured_refspecs(lua_State *L, git_repository *repo, const char *name,
+                                git_strarray *out) {
+  git_config *cfg = NULL;
+  git_config_iterator *it = NULL;
+  git_config_entry *e;
+  char *var = malloc(strlen(name) + 15);
+  lua_newtable(L);
+  if (var && git_repository_config_snapshot(&cfg, repo) == 0) {
+    sprintf(var, "remote.%s.fetch", name);
+    if (git_config_multivar_iterator_new(&it, cfg, var, NULL) == 0) {
+      int i = 0;
+      while (git_config_next(&e, it) == 0) {
+        lua_pushstring(L, e->value ? e->value : "");
+        lua_rawseti(L, -2, ++i);
+      }
+      git_config_iterator_free(it);
+    }
+  }
+  git_error_clear();
+  git_config_free(cfg);
+  free(var);
+  check_strarray(L, lua_gettop(L), out, "refspecs");
 }
 
 /* ---- module functions ---------------------------------------------------- */
@@ -645,26 +761,48 @@ static int repo_remote_set_url(lua_State *L) {
   return 1;
 }
 
-/* repo:remotes() -> list {name=, url=} */
+static int remote_before(lua_State *L) {
+  lua_getfield(L, 1, "name");
+  lua_getfield(L, 2, "name");
+  lua_pushboolean(L, lua_compare(L, -2, -1, LUA_OPLT));
+  return 1;
+}
+
+/* repo:remotes() -> list {name=, url=} (sorted by name) */
 static int repo_remotes(lua_State *L) {
   git_repository *repo = check_repo(L, 1);
-  git_strarray names = {NULL, 0};
-  int rc = git_remote_list(&names, repo);
-  if (rc < 0) return fail_git(L, rc, "list remotes of %s", git_repository_path(repo));
-  lua_createtable(L, (int)names.count, 0);
-  for (size_t i = 0; i < names.count; i++) {
-    git_remote *r = NULL;
-    lua_createtable(L, 0, 2);
-    lua_pushstring(L, names.strings[i]);
-    lua_setfield(L, -2, "name");
-    if (git_remote_lookup(&r, repo, names.strings[i]) == 0 && git_remote_url(r)) {
-      lua_pushstring(L, git_remote_url(r));
-      lua_setfield(L, -2, "url");
-    }
-    git_remote_free(r);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  git_config *cfg = NULL;
+  git_config_iterator *it = NULL;
+  git_config_entry *e;
+  /* read from the config directly: git_remote_list leaks in libgit2 1.5 (see open_remote) */
+  int rc = git_repository_config_snapshot(&cfg, repo);
+  if (rc == 0) rc = git_config_iterator_new(&it, cfg);
+  if (rc < 0) {
+    git_config_free(cfg);
+    return fail_git(L, rc, "list remotes of %s", git_repository_path(repo));
   }
-  git_strarray_dispose(&names);
+  lua_newtable(L);
+  int n = 0;
+  while (git_config_next(&e, it) == 0) {
+    size_t len = strlen(e->name);
+    if (len <= 11 || strncmp(e->name, "remote.", 7) != 0 || strcmp(e->name + len - 4, ".url") != 0)
+      continue;
+    lua_createtable(L, 0, 2);
+    lua_pushlstring(L, e->name + 7, len - 11);
+    lua_setfield(L, -2, "name");
+    lua_pushstring(L, e->value ? e->value : "");
+    lua_setfield(L, -2, "url");
+    lua_rawseti(L, -2, ++n);
+  }
+  git_config_iterator_free(it);
+  git_config_free(cfg);
+  git_error_clear();
+  lua_getglobal(L, "table");
+  lua_getfield(L, -1, "sort");
+  lua_pushvalue(L, -3);
+  lua_pushcfunction(L, remote_before);
+  lua_call(L, 2, 0);
+  lua_pop(L, 1);
   mo_mark_array(L, -1);
   return 1;
 }
@@ -694,6 +832,7 @@ static int repo_fetch(lua_State *L) {
   int named;
   int rc = open_remote(&remote, repo, name, &named);
   if (rc < 0) return fail_git(L, rc, "fetch %s", name);
+  if (named && specs.count == 0) configured_refspecs(L, repo, name, &specs);
   rc = git_remote_fetch(remote, specs.count ? &specs : NULL, &fo, NULL);
   git_remote_free(remote);
   if (rc < 0) return fail_net(L, rc, &n, "fetch", name);

@@ -215,10 +215,12 @@ struct server {
   char addr[80];
 
   pthread_mutex_t lock;
-  pthread_cond_t cond; /* inflight drained, background finished, reaper stop */
+  pthread_cond_t cond; /* inflight drained (while stopping), background finished */
   struct worker *workers;
   int nworkers;
-  int inflight;
+  /* Requests being answered. Atomic so the hot path takes no lock; the drain in
+   * server_stop is only signalled once `stopping` is set. */
+  atomic_int inflight;
   atomic_int stopping;
   int stopped;
   atomic_llong generation;
@@ -232,6 +234,7 @@ struct server {
   pthread_mutex_t conns_lock;
   struct conn *conns;
   pthread_t reaper;
+  pthread_cond_t reaper_cond; /* its own, so request traffic never wakes it */
   int reaper_started;
   int reaper_stop; /* under lock */
 
@@ -448,10 +451,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (r == NULL) return MHD_NO;
     *con_cls = r;
     request_id(s, r->id, sizeof r->id);
-    pthread_mutex_lock(&s->lock);
-    s->inflight++;
+    atomic_fetch_add(&s->inflight, 1);
     r->counted = 1;
-    pthread_mutex_unlock(&s->lock);
     if (atomic_load(&s->stopping)) {
       static const char msg[] = "shutting down\n";
       report_rejected(s, c, r, method, url, 503, "shutting down");
@@ -512,9 +513,9 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
   }
   if (r == NULL) return;
   *con_cls = NULL;
-  if (r->counted) {
+  if (r->counted && atomic_fetch_sub(&s->inflight, 1) == 1 && atomic_load(&s->stopping)) {
     pthread_mutex_lock(&s->lock);
-    if (--s->inflight == 0) pthread_cond_broadcast(&s->cond);
+    pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->lock);
   }
   free(r->body);
@@ -562,7 +563,7 @@ static void *reaper_main(void *arg) {
   while (!s->reaper_stop) {
     struct timespec ts;
     deadline_after(&ts, 0.25);
-    pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+    pthread_cond_timedwait(&s->reaper_cond, &s->lock, &ts);
     if (s->reaper_stop) break;
     pthread_mutex_unlock(&s->lock);
     int64_t now = now_ms();
@@ -646,7 +647,7 @@ static int server_stop(struct server *s, double drain, double grace) {
     struct timespec ts;
     deadline_after(&ts, drain);
     pthread_mutex_lock(&s->lock);
-    while (s->inflight > 0)
+    while (atomic_load(&s->inflight) > 0)
       if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT) break;
     pthread_mutex_unlock(&s->lock);
     MHD_stop_daemon(s->daemon);
@@ -659,7 +660,7 @@ static int server_stop(struct server *s, double drain, double grace) {
   if (s->reaper_started) {
     pthread_mutex_lock(&s->lock);
     s->reaper_stop = 1;
-    pthread_cond_broadcast(&s->cond);
+    pthread_cond_broadcast(&s->reaper_cond);
     pthread_mutex_unlock(&s->lock);
     pthread_join(s->reaper, NULL);
     s->reaper_started = 0;
@@ -716,6 +717,7 @@ static void server_destroy(struct server *s) {
   }
   pthread_mutex_destroy(&s->lock);
   pthread_cond_destroy(&s->cond);
+  pthread_cond_destroy(&s->reaper_cond);
   pthread_mutex_destroy(&s->conns_lock);
   free(s);
 }
@@ -959,6 +961,7 @@ static int server_listen(lua_State *L) {
   s->sigfd = -1;
   pthread_mutex_init(&s->lock, NULL);
   cond_init_monotonic(&s->cond);
+  cond_init_monotonic(&s->reaper_cond);
   pthread_mutex_init(&s->conns_lock, NULL);
   s->max_body = (size_t)max_body;
   s->read_timeout_ms = (int64_t)(read_timeout * 1000);
@@ -1104,7 +1107,7 @@ static int srv_info(lua_State *L) {
   lua_pushinteger(L, connections);
   lua_setfield(L, -2, "connections");
   pthread_mutex_lock(&s->lock);
-  lua_pushinteger(L, s->inflight);
+  lua_pushinteger(L, atomic_load(&s->inflight));
   lua_setfield(L, -2, "inflight");
   if (s->bg) {
     lua_pushstring(L, !s->bg->finished ? "running" : s->bg->error ? "failed" : "finished");

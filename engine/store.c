@@ -6,14 +6,31 @@
  * shared between threads. Each connection keeps a small LRU cache of prepared
  * statements keyed by their SQL text.
  *
+ * Writers of one database file within this process queue on a process-wide
+ * mutex for that file (the writer lock) before they take SQLite's write lock:
+ * a transaction (db:tx) holds it from BEGIN to COMMIT, a write outside a
+ * transaction for its one statement. A waiting writer then sleeps on the mutex
+ * and wakes the moment the other one commits, where SQLite's busy handler
+ * would poll with sleeps of up to 100 ms. The same writer checkpoints the WAL
+ * when its commit grew it past STORE_CHECKPOINT_PAGES, still holding the lock,
+ * so no writer of this process appends meanwhile: the checkpoint can copy
+ * every frame back and the next writer starts the WAL over from the beginning
+ * (and truncates it to STORE_WAL_LIMIT), which keeps the WAL bounded under a
+ * steady stream of writes. Other processes meet SQLite's own locking as before.
+ *
  * Expected failures (a constraint violation, a lock still held after the busy
  * timeout, a read-only or full disk) return nil, "store <path>: <message>", code
  * with code one of "constraint", "busy", "readonly", "full", "corrupt", "io",
  * "cantopen", "permission" or "error". SQL that does not compile and values that
  * do not fit the statement raise: those are bugs in the caller.
  */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <sqlite3.h>
 
@@ -22,11 +39,33 @@
 #define STORE_MT "moonops.store"
 #define STORE_CACHE 24
 #define STORE_DEFAULT_BUSY_MS 5000
+#define STORE_CHECKPOINT_PAGES 1000        /* SQLite's own autocheckpoint default */
+#define STORE_WAL_LIMIT (8 * 1024 * 1024) /* journal_size_limit: the WAL is cut back to this */
+
+/* The writer lock of one database file (by device and inode), shared by every
+ * connection of the process to that file. */
+struct writer_lock {
+  dev_t dev;
+  ino_t ino;
+  int refs; /* under writers_lock */
+  pthread_mutex_t mutex;
+  atomic_int owner;     /* thread id of the holder, 0 when free */
+  atomic_int wal_pages; /* frames in the WAL after the last commit of any connection */
+  struct writer_lock *next;
+};
+
+/* Process-wide registry of writer locks (documented above). */
+static pthread_mutex_t writers_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct writer_lock *writers;
 
 typedef struct {
   sqlite3 *db; /* first: NULL once closed (mo_checkhandle tests it) */
   char *path;
   int depth; /* open transaction levels: 0 none, 1 BEGIN, >1 savepoints */
+  int busy_ms;
+  struct writer_lock *writer; /* NULL for read-only or in-memory databases */
+  int holding;                /* this connection holds writer->mutex */
+  sqlite3_stmt *begin, *commit, *rollback;
   int ncache;
   sqlite3_stmt *cache[STORE_CACHE]; /* most recently used first */
 } Store;
@@ -41,11 +80,112 @@ static void cache_clear(Store *s) {
   s->ncache = 0;
 }
 
+/* ---- the writer lock ----------------------------------------------------- */
+
+static struct writer_lock *writer_attach(const char *path) {
+  struct stat st;
+  if (stat(path, &st) != 0) return NULL;
+  pthread_mutex_lock(&writers_lock);
+  struct writer_lock *w = writers;
+  while (w && !(w->dev == st.st_dev && w->ino == st.st_ino))
+    w = w->next;
+  if (w) {
+    w->refs++;
+  } else if ((w = calloc(1, sizeof *w)) != NULL) {
+    w->dev = st.st_dev;
+    w->ino = st.st_ino;
+    w->refs = 1;
+    pthread_mutex_init(&w->mutex, NULL);
+    atomic_init(&w->owner, 0);
+    atomic_init(&w->wal_pages, 0);
+    w->next = writers;
+    writers = w;
+  }
+  pthread_mutex_unlock(&writers_lock);
+  return w;
+}
+
+static void writer_detach(struct writer_lock *w) {
+  pthread_mutex_lock(&writers_lock);
+  if (--w->refs == 0) {
+    struct writer_lock **p = &writers;
+    while (*p != w)
+      p = &(*p)->next;
+    *p = w->next;
+    pthread_mutex_destroy(&w->mutex);
+    free(w);
+  }
+  pthread_mutex_unlock(&writers_lock);
+}
+
+/*
+ * Take the writer lock before a write: 1 when taken here, 0 when not needed
+ * (no lock for this database, already held by this connection, or held by
+ * another connection of this same thread, where waiting could never end and
+ * SQLite's busy timeout decides instead), -1 when still held by another
+ * thread after the busy timeout.
+ */
+static int writer_enter(Store *s) {
+  struct writer_lock *w = s->writer;
+  if (w == NULL || s->holding) return 0;
+  int self = (int)gettid();
+  if (atomic_load(&w->owner) == self) return 0;
+  if (pthread_mutex_trylock(&w->mutex) != 0) {
+    if (s->busy_ms <= 0) return -1;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += s->busy_ms / 1000;
+    ts.tv_nsec += (long)(s->busy_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000L;
+    }
+    if (pthread_mutex_clocklock(&w->mutex, CLOCK_MONOTONIC, &ts) != 0) return -1;
+  }
+  atomic_store(&w->owner, self);
+  s->holding = 1;
+  return 1;
+}
+
+/* Checkpoint when this connection's commits grew the WAL past the mark, then
+ * release the writer lock. PASSIVE: readers are never waited for; a frame one
+ * of them still needs is copied by a later checkpoint. */
+static void writer_leave(Store *s) {
+  if (!s->holding) return;
+  struct writer_lock *w = s->writer;
+  if (s->db && atomic_load(&w->wal_pages) >= STORE_CHECKPOINT_PAGES &&
+      sqlite3_get_autocommit(s->db)) {
+    int log = 0, done = 0;
+    if (sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done) == SQLITE_OK)
+      atomic_store(&w->wal_pages, log - done);
+  }
+  atomic_store(&s->writer->owner, 0);
+  s->holding = 0;
+  pthread_mutex_unlock(&s->writer->mutex);
+}
+
+/* sqlite3_wal_hook: called after each commit of this connection with the WAL's size in frames
+ * (installing it turns off SQLite's autocheckpoint for the connection: writer_leave does it). */
+static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages) {
+  (void)db, (void)name;
+  atomic_store(&((struct writer_lock *)arg)->wal_pages, pages);
+  return SQLITE_OK;
+}
+
 static void close_store(Store *s) {
   if (s->db != NULL) {
     cache_clear(s);
-    sqlite3_close_v2(s->db);
+    sqlite3_finalize(s->begin);
+    sqlite3_finalize(s->commit);
+    sqlite3_finalize(s->rollback);
+    s->begin = s->commit = s->rollback = NULL;
+    sqlite3_close_v2(s->db); /* rolls back an open transaction */
     s->db = NULL;
+  }
+  if (s->writer) {
+    writer_leave(s);
+    writer_detach(s->writer);
+    s->writer = NULL;
   }
   free(s->path);
   s->path = NULL;
@@ -81,6 +221,14 @@ static int store_fail(lua_State *L, Store *s, int rc) {
   lua_pushnil(L);
   lua_pushfstring(L, "store %s: %s", s->path, sqlite3_errmsg(s->db));
   lua_pushstring(L, code_name(rc));
+  return 3;
+}
+
+/* nil, "store <path>: database is locked", "busy": the writer lock stayed taken */
+static int store_fail_locked(lua_State *L, Store *s) {
+  lua_pushnil(L);
+  lua_pushfstring(L, "store %s: database is locked", s->path);
+  lua_pushliteral(L, "busy");
   return 3;
 }
 
@@ -253,8 +401,9 @@ static void push_row(lua_State *L, sqlite3_stmt *st) {
   }
 }
 
-/* Run every statement of `sql` (no parameters). Pushes the change count or the failure triple. */
-static int exec_script(lua_State *L, Store *s, const char *sql) {
+/* Run every statement of `sql` (no parameters). Pushes the change count or the failure
+ * triple. `took`: the writer lock was taken for this script (released before raising). */
+static int exec_script(lua_State *L, Store *s, const char *sql, int took) {
   lua_Integer changes = 0;
   const char *p = sql;
   while (*p) {
@@ -263,12 +412,15 @@ static int exec_script(lua_State *L, Store *s, const char *sql) {
     int rc = sqlite3_prepare_v2(s->db, p, -1, &st, &tail);
     if (rc != SQLITE_OK) {
       if (is_busy(rc)) return store_fail(L, s, rc);
-      luaL_error(L, "store %s: %s (in \"%s\")", s->path, sqlite3_errmsg(s->db), p);
+      lua_pushfstring(L, "store %s: %s (in \"%s\")", s->path, sqlite3_errmsg(s->db), p);
+      if (took) writer_leave(s);
+      lua_error(L);
     }
     p = tail;
     if (st == NULL) continue; /* whitespace or a comment */
     if (sqlite3_bind_parameter_count(st) > 0) {
       sqlite3_finalize(st);
+      if (took) writer_leave(s);
       luaL_error(L, "store %s: the SQL has parameters but no values were given", s->path);
     }
     sqlite3_int64 before = sqlite3_total_changes64(s->db);
@@ -318,14 +470,25 @@ static int store_exec(lua_State *L) {
     int rc = sqlite3_prepare_v3(s->db, sql, (int)len, SQLITE_PREPARE_PERSISTENT, &st, &tail);
     if (rc != SQLITE_OK || st == NULL || (tail && !only_space(tail))) {
       sqlite3_finalize(st);
-      return exec_script(L, s, sql);
+      int took = sqlite3_get_autocommit(s->db) ? writer_enter(s) : 0;
+      if (took < 0) return store_fail_locked(L, s);
+      int n = exec_script(L, s, sql, took);
+      if (took) writer_leave(s);
+      return n;
     }
     cache_insert(s, st);
   }
   sqlite3_stmt *st = acquire(L, s, sql, len);
   if (st == NULL) return 3;
   bind_params(L, s, st, 3, top);
-  return run_statement(L, s, st);
+  int took = 0;
+  if (sqlite3_get_autocommit(s->db) && !sqlite3_stmt_readonly(st)) {
+    took = writer_enter(s);
+    if (took < 0) return store_fail_locked(L, s);
+  }
+  int n = run_statement(L, s, st);
+  if (took) writer_leave(s);
+  return n;
 }
 
 /* Shared by rows and one: step and collect up to `limit` rows (0 = all). */
@@ -337,6 +500,11 @@ static int query(lua_State *L, int limit) {
   sqlite3_stmt *st = acquire(L, s, sql, len);
   if (st == NULL) return 3;
   bind_params(L, s, st, 3, top);
+  int took = 0; /* INSERT ... RETURNING and the like write */
+  if (sqlite3_get_autocommit(s->db) && !sqlite3_stmt_readonly(st)) {
+    took = writer_enter(s);
+    if (took < 0) return store_fail_locked(L, s);
+  }
   lua_newtable(L);
   int n = 0, rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -347,9 +515,11 @@ static int query(lua_State *L, int limit) {
   if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
     int r = store_fail(L, s, rc);
     sqlite3_reset(st);
+    if (took) writer_leave(s);
     return r;
   }
   sqlite3_reset(st);
+  if (took) writer_leave(s);
   if (limit == 1) {
     lua_rawgeti(L, -1, 1);
     return 1;
@@ -368,7 +538,20 @@ static int store_one(lua_State *L) {
   return query(L, 1);
 }
 
-/* Run a transaction-control statement; on failure pushes the triple and returns it. */
+/* Run BEGIN IMMEDIATE, COMMIT or ROLLBACK, prepared once per connection; on failure
+ * pushes the triple and returns it. */
+static int control_cached(lua_State *L, Store *s, sqlite3_stmt **slot, const char *sql) {
+  int rc = SQLITE_OK;
+  if (*slot == NULL) rc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, slot, NULL);
+  if (rc == SQLITE_OK) {
+    rc = sqlite3_step(*slot);
+    sqlite3_reset(*slot);
+    if (rc == SQLITE_DONE) return 0;
+  }
+  return L ? store_fail(L, s, rc) : 1;
+}
+
+/* Run a savepoint statement; on failure pushes the triple and returns it. */
 static int control(lua_State *L, Store *s, const char *fmt, int depth) {
   char sql[64];
   snprintf(sql, sizeof sql, fmt, depth);
@@ -389,23 +572,27 @@ static int tx_finish(lua_State *L, int status, lua_KContext ctx) {
   s->depth = depth - 1;
   if (status == LUA_OK || status == LUA_YIELD) {
     int n = lua_gettop(L) - 2;
-    int f = depth == 1 ? control(L, s, "COMMIT", 0) : control(L, s, "RELEASE mo_sp%d", depth);
+    int f = depth == 1 ? control_cached(L, s, &s->commit, "COMMIT")
+                       : control(L, s, "RELEASE mo_sp%d", depth);
     if (f) {
       /* The commit failed: undo so the connection is usable, report the failure. */
-      if (depth == 1)
-        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-      else {
+      if (depth == 1) {
+        if (!sqlite3_get_autocommit(s->db)) control_cached(NULL, s, &s->rollback, "ROLLBACK");
+        writer_leave(s);
+      } else {
         char sql[64];
         snprintf(sql, sizeof sql, "ROLLBACK TO mo_sp%d; RELEASE mo_sp%d", depth, depth);
         sqlite3_exec(s->db, sql, NULL, NULL, NULL);
       }
       return f;
     }
+    if (depth == 1) writer_leave(s);
     return n;
   }
   /* fn raised: undo this level, then re-raise the original error object. */
   if (depth == 1) {
-    if (!sqlite3_get_autocommit(s->db)) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    if (!sqlite3_get_autocommit(s->db)) control_cached(NULL, s, &s->rollback, "ROLLBACK");
+    writer_leave(s);
   } else {
     char sql[64];
     snprintf(sql, sizeof sql, "ROLLBACK TO mo_sp%d; RELEASE mo_sp%d", depth, depth);
@@ -425,8 +612,14 @@ static int store_tx(lua_State *L) {
   lua_settop(L, 2);
   if (s->depth > 0 && sqlite3_get_autocommit(s->db)) s->depth = 0; /* rolled back underneath */
   int depth = s->depth + 1;
-  int f =
-      depth == 1 ? control(L, s, "BEGIN IMMEDIATE", 0) : control(L, s, "SAVEPOINT mo_sp%d", depth);
+  int f;
+  if (depth == 1) {
+    if (writer_enter(s) < 0) return store_fail_locked(L, s);
+    f = control_cached(L, s, &s->begin, "BEGIN IMMEDIATE");
+    if (f) writer_leave(s);
+  } else {
+    f = control(L, s, "SAVEPOINT mo_sp%d", depth);
+  }
   if (f) return f;
   s->depth = depth;
   lua_pushvalue(L, 2);
@@ -497,17 +690,23 @@ static int store_open(lua_State *L) {
     return 3;
   }
   s->db = db;
+  s->busy_ms = busy;
   sqlite3_extended_result_codes(db, 1);
   sqlite3_busy_timeout(db, busy);
-  const char *setup = readonly ? "PRAGMA foreign_keys=ON"
-                               : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
-                                 "PRAGMA foreign_keys=ON";
+  char setup[160] = "PRAGMA foreign_keys=ON";
+  if (!readonly)
+    snprintf(setup, sizeof setup,
+             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
+             "PRAGMA journal_size_limit=%d; PRAGMA foreign_keys=ON",
+             STORE_WAL_LIMIT);
   rc = sqlite3_exec(db, setup, NULL, NULL, NULL);
   if (rc != SQLITE_OK) {
     int n = store_fail(L, s, rc);
     close_store(s);
     return n;
   }
+  if (!readonly && (s->writer = writer_attach(path)) != NULL)
+    sqlite3_wal_hook(db, on_wal_commit, s->writer);
   return 1;
 }
 

@@ -169,26 +169,34 @@ end
 -- In one transaction: a redelivery answers with its deployment; else the queue
 -- limit is checked, the deployment queued (older queued ones superseded) and
 -- the delivery recorded. Returns row, "queued" | "redelivery" | "full".
+-- Everything runs inside the one BEGIN ... COMMIT: reads there need no locks of
+-- their own, and the commit is the only write to the WAL.
+local accept_job = {}
+local function accept_in_tx()
+  local db, ws, fields, wid = state.db, accept_job.ws, accept_job.fields, accept_job.wid
+  local delivery = fields.delivery
+  if delivery then
+    local seen = db:one([[SELECT d.* FROM deliveries AS v JOIN deployments AS d ON d.id = v.deployment_id
+      WHERE v.workspace_id = ? AND v.provider = ? AND v.delivery = ?]], wid, accept_job.provider, delivery)
+    if seen then return seen, "redelivery" end
+  end
+  local queued = db:one("SELECT 1 AS x FROM deployments WHERE workspace_id = ? AND status = 'QUEUED' LIMIT 1", wid)
+  if not queued and queue_depth(db) >= (state.settings.server.queue_size or M.DEFAULT_QUEUE_SIZE) then
+    return nil, "full"
+  end
+  local row = deploy.enqueue(db, ws, fields)
+  if delivery then
+    local _, err = db:exec([[INSERT INTO deliveries(workspace_id, provider, delivery, event, deployment_id, received_at)
+      VALUES (?, ?, ?, ?, ?, ?)]], wid, accept_job.provider, delivery, accept_job.event, row.id, row.created_at)
+    if err then error(err, 0) end
+  end
+  return row, "queued"
+end
+
 local function accept(ws, fields, provider, event_name)
-  local db = state.db
-  local limit = state.settings.server.queue_size or M.DEFAULT_QUEUE_SIZE
-  local wid = tostring(ws.id)
-  return db:tx(function()
-    if fields.delivery then
-      local seen = db:one([[SELECT d.* FROM deliveries AS v JOIN deployments AS d ON d.id = v.deployment_id
-        WHERE v.workspace_id = ? AND v.provider = ? AND v.delivery = ?]], wid, provider, fields.delivery)
-      if seen then return seen, "redelivery" end
-    end
-    local queued = db:one("SELECT 1 AS x FROM deployments WHERE workspace_id = ? AND status = 'QUEUED' LIMIT 1", wid)
-    if not queued and queue_depth(db) >= limit then return nil, "full" end
-    local row = deploy.enqueue(db, ws, fields)
-    if fields.delivery then
-      local _, err = db:exec([[INSERT INTO deliveries(workspace_id, provider, delivery, event, deployment_id, received_at)
-        VALUES (?, ?, ?, ?, ?, ?)]], wid, provider, fields.delivery, event_name, row.id, db_mod.now())
-      if err then error(err, 0) end
-    end
-    return row, "queued"
-  end)
+  accept_job.ws, accept_job.fields, accept_job.wid = ws, fields, tostring(ws.id)
+  accept_job.provider, accept_job.event = provider, event_name
+  return state.db:tx(accept_in_tx)
 end
 
 -- The same few reasons come back on every filtered delivery: encode each once.
@@ -233,9 +241,9 @@ local function webhook_route(req, ws, route_provider)
     return "queue_full", problem(503, "the deployment queue is full, retry later", { ["Retry-After"] = M.RETRY_AFTER })
   end
   req.deployment = row.id
-  if how == "redelivery" then return "redelivery", answer(200, deploy.to_json(row)) end
+  if how == "redelivery" then return "redelivery", 200, JSON_HEADERS, deploy.json_text(row) end
   state.channel:signal()
-  return "accepted", answer(202, deploy.to_json(row))
+  return "accepted", 202, JSON_HEADERS, deploy.json_text(row)
 end
 
 local function manual_deploy(req, ws)
@@ -261,7 +269,7 @@ local function manual_deploy(req, ws)
   end
   req.deployment = row.id
   state.channel:signal()
-  return "accepted", answer(202, deploy.to_json(row))
+  return "accepted", 202, JSON_HEADERS, deploy.json_text(row)
 end
 
 local function list_deployments(req, ws)

@@ -58,24 +58,34 @@ local function fail(message)
   error(setmetatable({ message = message }, failure_mt), 0)
 end
 
---- Queue a deployment of `ws`: {trigger=, delivery=, ref=, after=} -> the new row (QUEUED).
--- Older QUEUED deployments of the workspace become SUPERSEDED, in the same transaction.
+-- The queueing itself: a new QUEUED row, older QUEUED rows of the workspace SUPERSEDED.
+-- The row is built from what was inserted (no read back). Returns row, number superseded.
+local function insert_queued(db, ws, trigger, opts)
+  local wid = ws_id(ws)
+  local known = one(db, "SELECT name FROM workspaces WHERE id = ?", wid)
+  if not known or known.name ~= ws.name then workspace.ensure(db, ws) end
+  local t = now()
+  exec(db, [[INSERT INTO deployments(workspace_id, workspace, status, trigger, delivery, ref, after, created_at)
+    VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?)]], wid, ws.name, trigger, opts.delivery, opts.ref, opts.after, t)
+  local id = db:last_insert_id()
+  local superseded = exec(db, [[UPDATE deployments SET status = 'SUPERSEDED', finished_at = ?, error = ?
+    WHERE workspace_id = ? AND status = 'QUEUED' AND id < ?]], t, "superseded by deployment " .. id, wid, id)
+  return { id = id, workspace_id = wid, workspace = ws.name, status = "QUEUED", trigger = trigger,
+    delivery = opts.delivery, ref = opts.ref, after = opts.after, created_at = t }, superseded
+end
+
+--- Queue a deployment of `ws`: {trigger=, delivery=, ref=, after=} -> the new row (QUEUED),
+-- and how many older QUEUED deployments of the workspace it made SUPERSEDED, atomically.
+-- Called inside the caller's transaction it joins it (no savepoint of its own): an error
+-- then leaves that transaction to be rolled back by the caller.
 function M.enqueue(db, ws, opts)
   opts = opts or {}
   local trigger = opts.trigger or "manual"
   if not M.TRIGGERS[trigger] then
     error("deploy.enqueue: trigger must be webhook, manual, schedule or cli (got " .. tostring(trigger) .. ")", 2)
   end
-  return tx(db, function()
-    workspace.ensure(db, ws)
-    local t = now()
-    exec(db, [[INSERT INTO deployments(workspace_id, workspace, status, trigger, delivery, ref, after, created_at)
-      VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?)]], ws_id(ws), ws.name, trigger, opts.delivery, opts.ref, opts.after, t)
-    local id = db:last_insert_id()
-    exec(db, [[UPDATE deployments SET status = 'SUPERSEDED', finished_at = ?, error = ?
-      WHERE workspace_id = ? AND status = 'QUEUED' AND id < ?]], t, "superseded by deployment " .. id, ws_id(ws), id)
-    return get(db, id)
-  end)
+  if db:in_tx() then return insert_queued(db, ws, trigger, opts) end
+  return tx(db, function() return insert_queued(db, ws, trigger, opts) end)
 end
 
 -- Claim the newest QUEUED deployment of `ws` (older ones SUPERSEDED): the RUNNING row or nil.
@@ -93,31 +103,45 @@ local function claim(db, ws)
   end)
 end
 
+-- The JSON keys of a deployment (sorted, as moonops.json writes them) and the column of each.
+local JSON_FIELDS = {
+  { "after", "after" }, { "commit", "commit_sha" }, { "created_at", "created_at" }, { "delivery", "delivery" },
+  { "error", "error" }, { "finished_at", "finished_at" }, { "id", "id" }, { "ref", "ref" },
+  { "release", "release" }, { "rollback_of", "rollback_of" }, { "started_at", "started_at" },
+  { "status", "status" }, { "trigger", "trigger" }, { "workspace", "workspace" },
+  { "workspace_id", "workspace_id" },
+}
+
 --- The JSON shape of a deployment (design §13); `opts.log` adds the log.
 function M.to_json(row, opts)
-  local function v(x)
-    if x == nil then return json.null end
-    return x
+  local out = {}
+  for _, f in ipairs(JSON_FIELDS) do
+    local v = row[f[2]]
+    if v == nil then v = json.null end
+    out[f[1]] = v
   end
-  local out = {
-    id = row.id,
-    workspace_id = v(row.workspace_id),
-    workspace = v(row.workspace),
-    status = row.status,
-    trigger = v(row.trigger),
-    delivery = v(row.delivery),
-    ref = v(row.ref),
-    after = v(row.after),
-    commit = v(row.commit_sha),
-    release = v(row.release),
-    rollback_of = v(row.rollback_of),
-    created_at = v(row.created_at),
-    started_at = v(row.started_at),
-    finished_at = v(row.finished_at),
-    error = v(row.error),
-  }
   if opts and opts.log then out.log = row.log or "" end
   return out
+end
+
+--- json.encode(M.to_json(row)) .. "\n", byte for byte, written directly: the server answers
+-- every accepted delivery with it.
+function M.json_text(row)
+  local parts = {}
+  for i, f in ipairs(JSON_FIELDS) do
+    local v, text = row[f[2]], nil
+    if v == nil then
+      text = "null"
+    elseif type(v) == "string" and not v:find('[%c"\\]') then
+      text = '"' .. v .. '"'
+    elseif math.type(v) == "integer" then
+      text = tostring(v)
+    else
+      text = json.encode(v)
+    end
+    parts[i] = '"' .. f[1] .. '":' .. text
+  end
+  return "{" .. table.concat(parts, ",") .. "}\n"
 end
 
 --- History of `ws`, newest first: {limit=} -> list of rows.

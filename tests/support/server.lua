@@ -131,18 +131,23 @@ function M.setup(opts)
   end
   s.write_config()
 
+  -- The server's environment goes through a file the shell sources, never onto a
+  -- command line: secrets must not show up in `ps` because of the test itself.
   local function env_words()
-    local words = {}
-    for k, v in pairs(s.env) do words[#words + 1] = T.q(k .. "=" .. v) end
-    table.sort(words)
-    return table.concat(words, " ")
+    local lines = {}
+    for k, v in pairs(s.env) do lines[#lines + 1] = "export " .. k .. "=" .. T.q(v) end
+    table.sort(lines)
+    local file = root .. "/server.env"
+    T.write(file, table.concat(lines, "\n") .. "\n")
+    os.execute("chmod 600 " .. T.q(file))
+    return ". " .. T.q(file) .. " && exec"
   end
 
   --- Start `moonops [global...] serve [args...]`; `prefix` (e.g. valgrind) goes before the binary.
   s.log = root .. "/serve.log"
   function s.start(sopts)
     sopts = sopts or {}
-    local cmd = { "cd", T.q(s.dir), "&&", "exec env", env_words(), sopts.prefix or "", T.q(T.bin) }
+    local cmd = { "cd", T.q(s.dir), "&&", env_words(), sopts.prefix or "", T.q(T.bin) }
     for _, a in ipairs(sopts.global or {}) do cmd[#cmd + 1] = T.q(a) end
     cmd[#cmd + 1] = "serve"
     for _, a in ipairs(sopts.args or {}) do cmd[#cmd + 1] = T.q(a) end
@@ -150,6 +155,13 @@ function M.setup(opts)
     local up = T.wait_for(function() return T.port_open(s.port) or not M.alive(s.pid) end, sopts.timeout or 30)
     assert(up and M.alive(s.pid), "moonops serve did not start: " .. (T.read(sopts.log or s.log) or ""))
     return s.pid
+  end
+
+  --- Start `moonops ARGS...` in the background in the ops directory; returns its pid.
+  function s.spawn(args, log)
+    local cmd = { "cd", T.q(s.dir), "&&", env_words(), T.q(T.bin) }
+    for _, a in ipairs(args) do cmd[#cmd + 1] = T.q(a) end
+    return T.spawn(table.concat(cmd, " "), log or "/dev/null")
   end
 
   --- Send `sig` and wait up to `timeout` seconds for the server to exit; true when it did.
@@ -169,10 +181,12 @@ function M.setup(opts)
 
   --- Run the moonops CLI in the ops directory with the server's environment.
   function s.run(args, extra_env)
-    local env = {}
-    for k, v in pairs(s.env) do env[k] = v end
-    for k, v in pairs(extra_env or {}) do env[k] = v end
-    return T.moonops(args, { cwd = s.dir, env = env })
+    local saved = {}
+    for k, v in pairs(extra_env or {}) do saved[k], s.env[k] = s.env[k] or false, v end
+    local cmd = { env_words(), T.q(T.bin) }
+    for k, v in pairs(saved) do s.env[k] = v or nil end
+    for _, a in ipairs(args) do cmd[#cmd + 1] = T.q(a) end
+    return T.run({ "sh", "-c", table.concat(cmd, " ") }, { cwd = s.dir })
   end
 
   function s.push(path, text)
@@ -188,7 +202,13 @@ function M.setup(opts)
     local d = T.tmpdir()
     local args = { "curl -s -m 30 -X", r.method or "GET", "-D", T.q(d .. "/h"), "-o", T.q(d .. "/b"),
       "-w '%{http_code}'" }
-    for k, v in pairs(r.headers or {}) do args[#args + 1] = "-H " .. T.q(k .. ": " .. v) end
+    -- headers from a file (curl -H @file), so a token never shows in `ps`
+    local lines = {}
+    for k, v in pairs(r.headers or {}) do lines[#lines + 1] = k .. ": " .. v end
+    if #lines > 0 then
+      T.write(d .. "/headers", table.concat(lines, "\n") .. "\n")
+      args[#args + 1] = "-H @" .. T.q(d .. "/headers")
+    end
     if r.body then
       T.write(d .. "/req", r.body)
       args[#args + 1] = "--data-binary @" .. T.q(d .. "/req")
