@@ -129,6 +129,26 @@ describe("moonops schedule", function()
     assert.matches("known: nap, check, fails", r.stderr)
   end)
 
+  it("runs due schedules inside `serve --scheduler`, with the same locks and records", function()
+    local dir = T.tmpdir()
+    T.write(dir .. "/recipes/check.lua", CHECK)
+    T.write(dir .. "/moonops.yml", "data_dir: .moonops\nschedules:\n" ..
+      "  - { name: every2s, cron: \"*/2 * * * * *\", recipe: check, env: { CHECK_WORD: served } }\n")
+    local port = T.free_port()
+    local pid = T.spawn(string.format("cd %s && exec %s serve --scheduler --listen 127.0.0.1:%d", T.q(dir), T.q(T.bin),
+      port), dir .. "/serve.log")
+    local runs = T.wait_for(function()
+      local r = T.moonops({ "schedule", "list", "--json" }, { cwd = dir })
+      local list = json.decode(r.stdout)
+      local last = list and list[1] and list[1].last_run
+      return last and last.status == "COMPLETE" and last
+    end, 20, 0.5)
+    T.kill(pid)
+    assert.truthy(runs, T.read(dir .. "/serve.log"))
+    assert.equal(0, runs.exit_code)
+    assert.matches("word=served schedule=every2s", T.read(dir .. "/.moonops/logs/schedules/every2s.log"))
+  end)
+
   it("prints crontab lines with absolute paths and escapes", function()
     local dir = project()
     local r = T.moonops({ "schedule", "crontab" }, { cwd = dir })
