@@ -452,13 +452,34 @@ local function route(req)
   return "unknown", "not_found", problem(404, "not found")
 end
 
+-- Counter names by route, outcome and status, built once each.
+local counter_names = {}
+local function counter_name(route_name, outcome, status)
+  local by_outcome = counter_names[route_name]
+  if not by_outcome then
+    by_outcome = {}
+    counter_names[route_name] = by_outcome
+  end
+  local by_status = by_outcome[outcome]
+  if not by_status then
+    by_status = {}
+    by_outcome[outcome] = by_status
+  end
+  local name = by_status[status]
+  if not name then
+    name = "http|" .. route_name .. "|" .. outcome .. "|" .. tostring(status)
+    by_status[status] = name
+  end
+  return name
+end
+
 -- One line per request; never a header value, so never a signature or token.
 local function log_request(req, route_name, outcome, status)
-  server.count("http|" .. route_name .. "|" .. outcome .. "|" .. tostring(status))
+  server.count(counter_name(route_name, outcome, status))
   if state.ctx.quiet then return end
   local fields = { request = req.id, method = req.method, path = req.path, status = status, outcome = outcome,
     remote = req.remote, delivery = req.delivery, deployment = req.deployment }
-  io.stderr:write(log.line("info", "request", fields) .. "\n")
+  log.write_line(log.line("info", "request", fields))
 end
 
 --- handle(req) -> status, headers, body

@@ -96,10 +96,17 @@ function M.line(level, msg, fields)
   return table.concat(parts, " ")
 end
 
+--- Write one complete line (the text and its newline in a single write, so lines written
+-- by several threads of one process, each with its own Lua state, never interleave).
+function M.write_line(text)
+  local stream = state.stream
+  stream:write(text .. "\n")
+  stream:flush()
+end
+
 local function emit(level, msg, fields)
   if LEVELS[level] < state.level then return end
-  state.stream:write(M.line(level, msg, fields), "\n")
-  state.stream:flush()
+  M.write_line(M.line(level, msg, fields))
 end
 
 function M.debug(msg, fields) emit("debug", msg, fields) end

@@ -20,6 +20,10 @@ local M = {}
 M.CHANNEL = "moonops.deploy"
 M.DRAIN_SECONDS = 10
 M.POLL_SECONDS = 5
+-- After a deployment the worker pauses this long before it claims the next one, so the
+-- deliveries of a burst of pushes (or a push storm) coalesce into one more deployment
+-- instead of a deployment each. The first deployment after a quiet time starts at once.
+M.SETTLE_SECONDS = 0.5
 
 local function absolute(path)
   if path:sub(1, 1) == "/" then return path end
@@ -39,15 +43,31 @@ end
 -- ---------------------------------------------------------------------------
 -- The deploy worker (runs in the server's background thread, its own Lua state)
 
-local function queued_workspaces(db)
-  return db:rows("SELECT DISTINCT workspace_id FROM deployments WHERE status = 'QUEUED' ORDER BY workspace_id") or {}
+-- Workspaces with a QUEUED deployment: one index lookup per configured workspace, so the
+-- cost does not grow with the history. With `sweep`, also a scan of the whole queue for
+-- workspaces no longer in moonops.yml (at start, after a reload, and when idle).
+local function queued_workspaces(settings, db, sweep)
+  local list, seen = {}, {}
+  for _, ws in ipairs(settings.workspaces or {}) do
+    local id = tostring(ws.id or ws.name)
+    if not seen[id] and db:one("SELECT 1 AS x FROM deployments WHERE workspace_id = ? AND status = 'QUEUED' LIMIT 1", id) then
+      list[#list + 1] = { workspace_id = id }
+    end
+    seen[id] = true
+  end
+  if sweep then
+    for _, r in ipairs(db:rows("SELECT DISTINCT workspace_id FROM deployments WHERE status = 'QUEUED'") or {}) do
+      if not seen[r.workspace_id] then list[#list + 1] = r end
+    end
+  end
+  return list
 end
 
--- Run every queued deployment once. Returns true when something ran or is waiting
--- on a busy workspace (so the loop polls again soon).
-local function drain_queue(settings, db, control)
-  local pending = false
-  for _, r in ipairs(queued_workspaces(db)) do
+-- Run every queued deployment once. Returns pending (something is waiting on a busy
+-- workspace, so the loop polls again soon) and ran (a deployment ran).
+local function drain_queue(settings, db, control, sweep)
+  local pending, ran = false, false
+  for _, r in ipairs(queued_workspaces(settings, db, sweep)) do
     if control.stopping() then return pending end
     local ws = settings.by_id[r.workspace_id] or settings.by_name[r.workspace_id]
     if not ws then
@@ -59,6 +79,7 @@ local function drain_queue(settings, db, control)
       if not ok then
         log.error("deployment of " .. ws.name .. " failed: " .. tostring(row))
       elseif row then
+        ran = true
         local fields = { workspace = ws.name, deployment = row.id, status = row.status, commit = row.commit_sha }
         if row.status == "COMPLETE" then
           log.info("deployment complete", fields)
@@ -74,7 +95,17 @@ local function drain_queue(settings, db, control)
       end
     end
   end
-  return pending
+  return pending, ran
+end
+
+-- Sleep `seconds` in short steps, returning early when the server stops.
+local function pause(control, seconds)
+  local deadline = proc.monotonic() + seconds
+  while not control.stopping() do
+    local left = deadline - proc.monotonic()
+    if left <= 0 then return end
+    proc.sleep(math.min(left, 0.1))
+  end
 end
 
 --- worker(context, control): the deploy queue loop. context = {config=, channel=, log_format=, quiet=, debug=}
@@ -84,16 +115,23 @@ function M.worker(ctx, control)
   local settings = settings_mod.load(ctx.config)
   local db <close> = assert(db_mod.open(settings.data_dir))
   local generation = control.generation()
+  local sweep = true
   while not control.stopping() do
     if control.generation() ~= generation then
       generation = control.generation()
       local ok, s = pcall(settings_mod.load, ctx.config)
       if ok then settings = s end
+      sweep = true
     end
-    local pending = drain_queue(settings, db, control)
+    local pending, ran = drain_queue(settings, db, control, sweep)
     if control.stopping() then break end
-    -- Woken by the API when work is queued; poll anyway so a busy workspace is retried.
-    ch:wait(pending and 1 or M.POLL_SECONDS)
+    if ran then
+      pause(control, M.SETTLE_SECONDS)
+      sweep = false
+    else
+      -- Woken by the API when work is queued; poll anyway so a busy workspace is retried.
+      sweep = not ch:wait(pending and 1 or M.POLL_SECONDS)
+    end
   end
 end
 

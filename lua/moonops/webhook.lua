@@ -53,9 +53,11 @@ end
 -- X-Hub-Signature-256: sha256=<hex>, or legacy X-Hub-Signature: sha1=<hex> when allowed.
 -- `extra` lists bare-hex sha256 headers (X-Gitea-Signature, ...) checked first.
 local function verify_hub(headers, body, secrets, opts, extra)
-  for _, name in ipairs(extra or {}) do
-    local v = headers[name:lower()]
-    if v then return M.check_hmac("sha256", name, v, body, secrets) end
+  if extra then
+    for _, name in ipairs(extra) do
+      local v = headers[name:lower()]
+      if v then return M.check_hmac("sha256", name, v, body, secrets) end
+    end
   end
   local v = headers["x-hub-signature-256"]
   if v then
