@@ -987,15 +987,107 @@ static const char *delta_change(git_delta_t s) {
   }
 }
 
+/* What a diff reports beyond the list of files. */
+typedef struct {
+  int renames;
+  int stats;         /* additions, deletions, binary */
+  int hunks;         /* hunk ranges per file */
+  int lines;         /* and the lines of each hunk */
+  int context;       /* context lines around each change */
+  git_strarray paths; /* only these paths (exact, not patterns); count 0 = all */
+} diff_opts;
+
+static const char *line_origin(char origin) {
+  switch (origin) {
+  case GIT_DIFF_LINE_ADDITION: return "+";
+  case GIT_DIFF_LINE_DELETION: return "-";
+  case GIT_DIFF_LINE_CONTEXT: return " ";
+  default: return "\\"; /* the end-of-file newline markers */
+  }
+}
+
+/* Push the hunks of `patch` as a list of {old_start=, old_lines=, new_start=, new_lines=, header=,
+ * additions=, deletions= [, lines={{origin=, old_line=, new_line=, text=}}]}. */
+static int push_hunks(lua_State *L, git_patch *patch, int with_lines) {
+  size_t nh = git_patch_num_hunks(patch);
+  lua_createtable(L, (int)nh, 0);
+  for (size_t h = 0; h < nh; h++) {
+    const git_diff_hunk *hunk = NULL;
+    size_t nl = 0;
+    int rc = git_patch_get_hunk(&hunk, &nl, patch, h);
+    if (rc < 0) return rc;
+    lua_createtable(L, 0, 8);
+    lua_pushinteger(L, hunk->old_start);
+    lua_setfield(L, -2, "old_start");
+    lua_pushinteger(L, hunk->old_lines);
+    lua_setfield(L, -2, "old_lines");
+    lua_pushinteger(L, hunk->new_start);
+    lua_setfield(L, -2, "new_start");
+    lua_pushinteger(L, hunk->new_lines);
+    lua_setfield(L, -2, "new_lines");
+    size_t hl = hunk->header_len;
+    while (hl > 0 && (hunk->header[hl - 1] == '\n' || hunk->header[hl - 1] == '\r'))
+      hl--;
+    lua_pushlstring(L, hunk->header, hl);
+    lua_setfield(L, -2, "header");
+    lua_Integer adds = 0, dels = 0;
+    if (with_lines) lua_createtable(L, (int)nl, 0);
+    for (size_t i = 0; i < nl; i++) {
+      const git_diff_line *line = NULL;
+      if ((rc = git_patch_get_line_in_hunk(&line, patch, h, i)) < 0) return rc;
+      if (line->origin == GIT_DIFF_LINE_ADDITION) adds++;
+      if (line->origin == GIT_DIFF_LINE_DELETION) dels++;
+      if (!with_lines) continue;
+      lua_createtable(L, 0, 4);
+      lua_pushstring(L, line_origin(line->origin));
+      lua_setfield(L, -2, "origin");
+      if (line->old_lineno > 0) {
+        lua_pushinteger(L, line->old_lineno);
+        lua_setfield(L, -2, "old_line");
+      }
+      if (line->new_lineno > 0) {
+        lua_pushinteger(L, line->new_lineno);
+        lua_setfield(L, -2, "new_line");
+      }
+      size_t len = line->content_len;
+      if (line->origin == GIT_DIFF_LINE_CONTEXT || line->origin == GIT_DIFF_LINE_ADDITION ||
+          line->origin == GIT_DIFF_LINE_DELETION) {
+        if (len > 0 && line->content[len - 1] == '\n') len--;
+        lua_pushlstring(L, line->content, len);
+      } else {
+        lua_pushliteral(L, "No newline at end of file");
+      }
+      lua_setfield(L, -2, "text");
+      lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    if (with_lines) {
+      mo_mark_array(L, -1);
+      lua_setfield(L, -2, "lines");
+    }
+    lua_pushinteger(L, adds);
+    lua_setfield(L, -2, "additions");
+    lua_pushinteger(L, dels);
+    lua_setfield(L, -2, "deletions");
+    lua_rawseti(L, -2, (lua_Integer)h + 1);
+  }
+  mo_mark_array(L, -1);
+  return 0;
+}
+
 /* Push the list of changed files between two trees (either may be NULL). */
-static int push_diff(lua_State *L, git_repository *repo, git_tree *a, git_tree *b, int renames,
-                     int stats) {
+static int push_diff(lua_State *L, git_repository *repo, git_tree *a, git_tree *b,
+                     const diff_opts *o) {
   git_diff *diff = NULL;
   git_diff_options dopt;
   git_diff_options_init(&dopt, GIT_DIFF_OPTIONS_VERSION);
+  dopt.context_lines = (uint32_t)o->context;
+  if (o->paths.count) {
+    dopt.pathspec = o->paths;
+    dopt.flags |= GIT_DIFF_DISABLE_PATHSPEC_MATCH;
+  }
   int rc = git_diff_tree_to_tree(&diff, repo, a, b, &dopt);
   if (rc < 0) return rc;
-  if (renames) {
+  if (o->renames) {
     git_diff_find_options fo;
     git_diff_find_options_init(&fo, GIT_DIFF_FIND_OPTIONS_VERSION);
     fo.flags = GIT_DIFF_FIND_RENAMES;
@@ -1010,15 +1102,24 @@ static int push_diff(lua_State *L, git_repository *repo, git_tree *a, git_tree *
     const git_diff_delta *d = git_diff_get_delta(diff, i);
     size_t adds = 0, dels = 0;
     int binary = (d->flags & GIT_DIFF_FLAG_BINARY) != 0;
-    if (stats) {
+    lua_createtable(L, 0, 8);
+    if (o->stats || o->hunks) {
       git_patch *patch = NULL;
-      if (git_patch_from_diff(&patch, diff, i) == 0) {
-        if (patch) git_patch_line_stats(NULL, &adds, &dels, patch);
+      if ((rc = git_patch_from_diff(&patch, diff, i)) < 0) {
+        git_diff_free(diff);
+        return rc;
+      }
+      if (patch) {
+        git_patch_line_stats(NULL, &adds, &dels, patch);
         binary = (git_patch_get_delta(patch)->flags & GIT_DIFF_FLAG_BINARY) != 0;
+        if (o->hunks && (rc = push_hunks(L, patch, o->lines)) == 0) lua_setfield(L, -2, "hunks");
         git_patch_free(patch);
+        if (rc < 0) {
+          git_diff_free(diff);
+          return rc;
+        }
       }
     }
-    lua_createtable(L, 0, 7);
     const char *path = d->status == GIT_DELTA_DELETED ? d->old_file.path : d->new_file.path;
     lua_pushstring(L, path);
     lua_setfield(L, -2, "path");
@@ -1030,13 +1131,18 @@ static int push_diff(lua_State *L, git_repository *repo, git_tree *a, git_tree *
     lua_setfield(L, -2, "status");
     lua_pushstring(L, delta_change(d->status));
     lua_setfield(L, -2, "change");
-    if (stats) {
+    if (o->stats || o->hunks) {
       lua_pushinteger(L, (lua_Integer)adds);
       lua_setfield(L, -2, "additions");
       lua_pushinteger(L, (lua_Integer)dels);
       lua_setfield(L, -2, "deletions");
       lua_pushboolean(L, binary);
       lua_setfield(L, -2, "binary");
+    }
+    if (o->hunks && binary) {
+      lua_newtable(L);
+      mo_mark_array(L, -1);
+      lua_setfield(L, -2, "hunks");
     }
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
@@ -1045,13 +1151,33 @@ static int push_diff(lua_State *L, git_repository *repo, git_tree *a, git_tree *
   return 0;
 }
 
-/* repo:diff(a, b [, {renames=true}]) -> list {path=, old_path=, status=, additions=, deletions=,
- * binary=} | nil, err `a` may be nil (the empty tree). */
+/* repo:diff(a, b [, {renames=true, hunks=false, lines=false, context=3, paths={...}}])
+ *   -> list {path=, old_path=, status=, additions=, deletions=, binary=, hunks=} | nil, err
+ * `a` may be nil (the empty tree). hunks=true adds each file's hunks {old_start=, old_lines=,
+ * new_start=, new_lines=, header=, additions=, deletions=}; lines=true adds their lines
+ * {origin="+"|"-"|" "|"\\", old_line=, new_line=, text=}. `paths` limits the diff to those
+ * exact paths. A binary file has no hunks. */
 static int repo_diff(lua_State *L) {
   git_repository *repo = check_repo(L, 1);
   const char *a = luaL_optstring(L, 2, NULL);
   const char *b = luaL_checkstring(L, 3);
-  int renames = lua_istable(L, 4) ? mo_optfield_boolean(L, 4, "renames", 1) : 1;
+  diff_opts o = {1, 1, 0, 0, 3, {NULL, 0}};
+  if (lua_istable(L, 4)) {
+    o.renames = mo_optfield_boolean(L, 4, "renames", 1);
+    o.lines = mo_optfield_boolean(L, 4, "lines", 0);
+    o.hunks = o.lines || mo_optfield_boolean(L, 4, "hunks", 0);
+    lua_Integer ctx = mo_optfield_integer(L, 4, "context", 3);
+    if (ctx < 0 || ctx > 100000) return luaL_error(L, "option 'context' must be 0..100000");
+    o.context = (int)ctx;
+    if (lua_getfield(L, 4, "paths") != LUA_TNIL) {
+      check_strarray(L, lua_gettop(L), &o.paths, "paths");
+      if (o.paths.count == 0) { /* an empty list selects nothing */
+        lua_newtable(L);
+        mo_mark_array(L, -1);
+        return 1;
+      }
+    }
+  }
   git_tree *ta = NULL, *tb = NULL;
   int rc = 0;
   if (a && (rc = lookup_tree(&ta, repo, a)) < 0) return fail_git(L, rc, "diff: resolve %s", a);
@@ -1059,7 +1185,7 @@ static int repo_diff(lua_State *L) {
     git_tree_free(ta);
     return fail_git(L, rc, "diff: resolve %s", b);
   }
-  rc = push_diff(L, repo, ta, tb, renames, 1);
+  rc = push_diff(L, repo, ta, tb, &o);
   git_tree_free(ta);
   git_tree_free(tb);
   if (rc < 0) return fail_git(L, rc, "diff %s %s", a ? a : "(empty)", b);
@@ -1119,7 +1245,8 @@ static int set_files(lua_State *L, git_repository *repo, git_commit *from, git_t
   git_tree *ft = NULL;
   int rc = git_commit_tree(&ft, from);
   if (rc < 0) return rc;
-  rc = push_diff(L, repo, ft, to_tree, 0, 0);
+  diff_opts o = {0, 0, 0, 0, 3, {NULL, 0}};
+  rc = push_diff(L, repo, ft, to_tree, &o);
   git_tree_free(ft);
   if (rc < 0) return rc;
   lua_setfield(L, -2, "files");

@@ -14,14 +14,15 @@ end
 
 return {
   summary = "Promote one workspace's branch into another's: merge (source wins), review, push",
-  usage = "--from SRC --to DST [--branch B] [--dry-run] [--yes] [--json]",
+  usage = "--from SRC --to DST [--branch B] [--dry-run] [--yes] [--diff] [--json]",
   description = [[
 SRC and DST are workspace names from moonops.yml or repository URLs/paths. With
 only --to and a `promotion:` chain in moonops.yml, the previous link is the source.
 The target's working copy lives under <data_dir>/promote/<name> and is reused.
 Steps: preflight and backup ref; fetch the source; merge in memory as
 `git pull -X theirs --allow-unrelated-histories` would; review the changed files
-and the effective configuration change of the target's environment; push without
+(with their hunks, each marked as coming from the source, the target or both) and the
+effective configuration change of the target's environment; push without
 force, expecting the reviewed tip.
 Exit codes: 0 pushed or nothing to do, 1 failure, 2 usage, 3 conflicts, 4 target moved.]],
   max_args = 0,
@@ -31,6 +32,8 @@ Exit codes: 0 pushed or nothing to do, 1 failure, 2 usage, 3 conflicts, 4 target
     { "branch", type = "string", metavar = "B", help = "branch on both sides (default: the workspaces' branches, else main)" },
     { "dry-run", type = "boolean", help = "stop after the review; push nothing" },
     { "yes", type = "boolean", short = "y", help = "push without asking (required when stdin is not a terminal)" },
+    { "diff", type = "boolean", help = "show the text of every hunk of a modified file (default on a terminal)" },
+    { "verbose", type = "boolean", help = "same as --diff" },
     { "json", type = "boolean", help = "print the outcome as JSON" },
   },
   examples = {

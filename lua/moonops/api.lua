@@ -100,6 +100,7 @@ function M.init(ctx)
   log.configure({ format = state.ctx.log_format or "text", level = state.ctx.debug and "debug" or "info",
     quiet = state.ctx.quiet })
   use_settings(settings_mod.load(state.ctx.config))
+  require("moonops.plugins").load_enabled(state.settings)
   state.channel = assert(notify.channel(state.ctx.channel or "moonops.deploy"))
 end
 

@@ -5,6 +5,7 @@
 local fs = require "moonops.fs"
 local json = require "moonops.json"
 local log = require "moonops.log"
+local plugins = require "moonops.plugins"
 local proc = require "moonops.proc"
 local workspace = require "moonops.workspace"
 
@@ -129,14 +130,12 @@ end
 function M.json_text(row)
   local parts = {}
   for i, f in ipairs(JSON_FIELDS) do
-    local v, text = row[f[2]], nil
-    if v == nil then
-      text = "null"
-    elseif type(v) == "string" and not v:find('[%c"\\]') then
+    local v, text = row[f[2]], "null"
+    if type(v) == "string" and not v:find('[%c"\\]') then
       text = '"' .. v .. '"'
     elseif math.type(v) == "integer" then
       text = tostring(v)
-    else
+    elseif v ~= nil then
       text = json.encode(v)
     end
     parts[i] = '"' .. f[1] .. '":' .. text
@@ -580,6 +579,11 @@ local function execute(settings, db, ws, row, opts)
     j.add("release " .. release)
     j.flush(true)
 
+    -- Plugins' before-validation hooks may stop the deployment.
+    local hok, herr = plugins.run_deploy_hooks("before_validate",
+      { id = row.id, workspace = ws.name, commit = sha, release = release_dir }, { settings = settings, ws = ws })
+    if not hok then fail(herr) end
+
     -- 3. Validate against the active environment.
     local environment = workspace.active_environment(db, ws)
     local meltano = require "moonops.meltano"
@@ -610,6 +614,8 @@ local function execute(settings, db, ws, row, opts)
     elseif #removed > 0 then
       j.add("pruned " .. table.concat(removed, ", "))
     end
+    plugins.run_deploy_hooks("after_switch", { id = row.id, workspace = ws.name, commit = sha, release = release_dir },
+      { settings = settings, ws = ws })
     build_image(settings, db, ws, release_dir, sha, environment, j)
   end, function(e)
     if getmetatable(e) == failure_mt then return e.message end
@@ -618,7 +624,9 @@ local function execute(settings, db, ws, row, opts)
   end)
   if ok then
     j.flush(true)
-    return get(db, row.id)
+    local done = get(db, row.id)
+    plugins.emit("deployment", M.to_json(done))
+    return done
   end
   -- Nothing goes live: remove what was staged, keep `current` as it was.
   local message = log.mask(tostring(err)):match("^[^\n]*")
@@ -627,7 +635,10 @@ local function execute(settings, db, ws, row, opts)
   j.add("error: " .. message)
   exec(db, "UPDATE deployments SET status = 'ERROR', finished_at = ?, error = ?, log = ? WHERE id = ?", now(), message,
     j.text(), row.id)
-  return get(db, row.id)
+  local failed = get(db, row.id)
+  plugins.run_deploy_hooks("on_failure", M.to_json(failed), { settings = settings, ws = ws })
+  plugins.emit("deployment", M.to_json(failed))
+  return failed
 end
 
 local function busy_message(db, ws)

@@ -412,6 +412,8 @@ function M.build(opts)
     row.status, row.digest, row.builder = res.status, res.digest, res.builder
     local rok, rerr = pcall(record, opts, row)
     if not rok then log.warn("image: could not record the build: " .. tostring(rerr)) end
+    require("moonops.plugins").emit("image", { status = res.status, image = res.image, tags = res.tags,
+      digest = res.digest, builder = res.builder, commit = res.commit, workspace = opts.workspace })
     return res
   end
   local message = errors.is(res) and res.message or tostring(res)
@@ -420,6 +422,9 @@ function M.build(opts)
     row.status, row.error = "failed", log.mask(message)
     local rok, rerr = pcall(record, opts, row)
     if not rok then log.warn("image: could not record the build: " .. tostring(rerr)) end
+  end
+  if code ~= errors.USAGE then
+    require("moonops.plugins").emit("image", { status = "failed", workspace = opts.workspace, error = log.mask(message) })
   end
   return nil, message, code
 end

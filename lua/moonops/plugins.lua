@@ -116,6 +116,7 @@ local function engine_for(name, config)
     assert(type(p) == "table" and type(p.name) == "string", "register_webhook_provider{name=, detect=, verify=, parse=}")
     p.plugin = name
     M.registry.providers[#M.registry.providers + 1] = p
+    require("moonops.webhook").register(p)
   end
   function e.register_image_builder(bname, backend)
     assert(type(bname) == "string" and type(backend) == "table", "register_image_builder(name, backend)")

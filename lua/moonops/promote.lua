@@ -126,6 +126,8 @@ function M.plan(ctx, opts)
   local base = settings and settings.data_dir or ".moonops"
   p.dir = base .. "/promote/" .. (p.to.workspace and p.to.name or M.sanitise(p.to.url))
   p.dry_run, p.yes = opts["dry-run"] or opts.dry_run, opts.yes
+  -- the text of each hunk: asked for, or on a terminal
+  p.show_diff = opts.diff or opts.verbose or (not opts.json and term.isatty(1))
   p.files, p.config_changes, p.conflicts = json.array(), json.array(), json.array()
   p.unrelated = false
   return p
@@ -312,10 +314,91 @@ local function resolved_config(p, commit, tmp, env_name)
   return res, nil, env_name
 end
 
+-- Where diff(source -> merged) says the merged file differs from the source's version:
+-- `lines[n]` for merged lines that are not the source's, `gaps[n]` where the merged file
+-- lacks source lines after merged line n. nil when the file is the source's version.
+local function differs_from_source(f)
+  if not f then return nil end
+  local d = { lines = {}, gaps = {}, whole = f.change == "added" }
+  for _, h in ipairs(f.hunks or {}) do
+    if h.new_lines == 0 then
+      d.gaps[h.new_start] = true
+    else
+      for n = h.new_start, h.new_start + h.new_lines - 1 do d.lines[n] = true end
+    end
+  end
+  return d
+end
+
+--- Which side a hunk of diff(target's old tip -> merge) came from, line by line: an added
+-- line that is the source's line at that place, or a removed line the source does not
+-- have there either, came from the source; an added line the source does not have, and a
+-- context line where the merge kept the target's own change, came from the target.
+-- Returns "source", "target" or "both". `src` is differs_from_source() of the file.
+function M.hunk_origin(h, src)
+  if not src then return "source" end
+  local from_source, from_target = false, false
+  local gap = h.new_lines > 0 and h.new_start - 1 or h.new_start
+  for _, l in ipairs(h.lines or {}) do
+    if l.origin == "+" then
+      if src.whole or src.lines[l.new_line] then from_target = true else from_source = true end
+      gap = l.new_line
+    elseif l.origin == " " then
+      if src.whole or src.lines[l.new_line] then from_target = true end
+      gap = l.new_line
+    elseif l.origin == "-" then
+      if src.gaps[gap] then from_target = true else from_source = true end
+    end
+  end
+  if from_source and from_target then return "both" end
+  return from_target and "target" or "source"
+end
+
+--- The hunks of every changed file relative to the target's old tip, each marked with
+-- the side it came from (see M.hunk_origin). A fast-forward is all the source's work;
+-- otherwise the merge is compared with the source's version of the same files.
+function M.hunks(p)
+  local repo = p.repo
+  local changed = check(repo:diff(p.old_commit, p.commit, { lines = true, renames = false }))
+  local src = {}
+  if not (p.merge and p.merge.fast_forward) and #changed > 0 then
+    local paths = {}
+    for i, f in ipairs(changed) do paths[i] = f.path end
+    for _, f in ipairs(check(repo:diff(p.source_commit, p.commit, { hunks = true, context = 0, renames = false,
+      paths = paths }))) do
+      src[f.path] = f
+    end
+  end
+  local by_path = {}
+  for _, f in ipairs(changed) do
+    local d = differs_from_source(src[f.path])
+    local hunks = json.array()
+    for i, h in ipairs(f.hunks or {}) do
+      hunks[i] = { old_start = h.old_start, old_lines = h.old_lines, new_start = h.new_start,
+        new_lines = h.new_lines, additions = h.additions, deletions = h.deletions,
+        from = M.hunk_origin(h, d), lines = h.lines }
+    end
+    by_path[f.path] = { hunks = hunks, binary = f.binary, from = d == nil and "source" or "target",
+      additions = f.additions, deletions = f.deletions }
+  end
+  for _, f in ipairs(p.files) do
+    local h = by_path[f.path]
+    if h then
+      f.hunks, f.binary, f.additions, f.deletions = h.hunks, h.binary, h.additions, h.deletions
+      if h.binary then f.from = h.from end
+    else
+      f.hunks = json.array()
+    end
+  end
+  return p
+end
+
 --- The review: changed files (already from the merge) and the effective
 -- configuration change of the target's environment, secrets masked.
 function M.review(p)
-  if p.status or not touches_config(p.files) then return p end
+  if p.status then return p end
+  M.hunks(p)
+  if not touches_config(p.files) then return p end
   local tmp = check(fs.mkdtemp((os.getenv("TMPDIR") or "/tmp") .. "/moonops-review."))
   local ok, err = pcall(function()
     local new, nerr, env_name = resolved_config(p, p.commit, tmp, nil)
@@ -372,7 +455,14 @@ end
 function M.outcome(p)
   local function or_null(v) if v == nil then return json.null end return v end
   local files = json.array()
-  for i, f in ipairs(p.files) do files[i] = { path = f.path, change = f.change } end
+  for i, f in ipairs(p.files) do
+    local hunks = json.array()
+    for j, h in ipairs(f.hunks or {}) do
+      hunks[j] = { old_start = h.old_start, old_lines = h.old_lines, new_start = h.new_start, new_lines = h.new_lines,
+        additions = h.additions, deletions = h.deletions, from = h.from }
+    end
+    files[i] = { path = f.path, change = f.change, hunks = hunks, binary = f.binary, from = f.from }
+  end
   local conflicts = json.array()
   for i, c in ipairs(p.conflicts) do conflicts[i] = { path = c.path, kind = c.kind } end
   return {
@@ -395,6 +485,7 @@ end
 
 --- Record the promotion in the store (when moonops.yml gives a data_dir).
 function M.record(p, db)
+  require("moonops.plugins").emit("promotion", M.outcome(p))
   if not db then return end
   local ok, err = db:exec([[INSERT INTO promotions (source, target, branch, status, old_commit, commit_sha,
     backup_ref, created_at, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)]],
@@ -440,7 +531,24 @@ function M.report(p)
   if p.merge and p.merge.fast_forward then add("fast-forward") end
   add("%d changed file%s:", #p.files, #p.files == 1 and "" or "s")
   local marks = { added = "A", modified = "M", deleted = "D" }
-  for _, f in ipairs(p.files) do add("  %s %s", marks[f.change] or "?", f.path) end
+  local show_text = p.show_diff
+  for _, f in ipairs(p.files) do
+    add("  %s %s", marks[f.change] or "?", f.path)
+    if f.binary then
+      add("      binary file%s", f.from == "source" and " (the source's version)" or "")
+    end
+    for _, h in ipairs(f.hunks or {}) do
+      add("      @@ -%d,%d +%d,%d @@ %s (+%d -%d)", h.old_start, h.old_lines, h.new_start, h.new_lines,
+        h.from == "both" and "from source and target" or "from " .. h.from, h.additions, h.deletions)
+      if show_text and f.change == "modified" then
+        for _, l in ipairs(h.lines or {}) do
+          local text = "        " .. l.origin .. l.text
+          if l.origin == "+" then text = term.paint("green", text) elseif l.origin == "-" then text = term.paint("red", text) end
+          out[#out + 1] = text
+        end
+      end
+    end
+  end
   if #p.config_changes > 0 then
     add("configuration changes (environment %s):", p.environment or "none")
     for _, c in ipairs(p.config_changes) do

@@ -113,6 +113,7 @@ function M.worker(ctx, control)
   configure_log(ctx)
   local ch <close> = assert(notify.channel(ctx.channel or M.CHANNEL))
   local settings = settings_mod.load(ctx.config)
+  require("moonops.plugins").load_enabled(settings)
   local db <close> = assert(db_mod.open(settings.data_dir))
   local generation = control.generation()
   local sweep = true

@@ -14,22 +14,27 @@ local M = { name = "notify-webhook", version = "1.0.0" }
 
 local KNOWN = { deployment = true, promotion = true, image = true }
 
+-- JSON payloads carry json.null for absent values.
+local function present(v)
+  return v ~= nil and v ~= json.null
+end
+
 --- The Slack-style one-line text for an event.
 function M.text(event, p)
   if event == "deployment" then
     local s = string.format("Deployment %s of %s: %s", tostring(p.id or "?"), tostring(p.workspace or "?"),
       tostring(p.status or "?"))
-    if p.commit then s = s .. " (" .. tostring(p.commit):sub(1, 12) .. ")" end
-    if p.error then s = s .. " - " .. tostring(p.error) end
+    if present(p.commit) then s = s .. " (" .. tostring(p.commit):sub(1, 12) .. ")" end
+    if present(p.error) then s = s .. " - " .. tostring(p.error) end
     return s
   elseif event == "promotion" then
     local s = string.format("Promotion %s -> %s: %s", tostring(p.from or "?"), tostring(p.to or "?"),
       tostring(p.status or "?"))
-    if p.commit then s = s .. " (" .. tostring(p.commit):sub(1, 12) .. ")" end
+    if present(p.commit) then s = s .. " (" .. tostring(p.commit):sub(1, 12) .. ")" end
     return s
   elseif event == "image" then
     return string.format("Image %s: %s%s", tostring(p.image or "?"), tostring(p.status or "?"),
-      p.digest and (" " .. tostring(p.digest)) or "")
+      present(p.digest) and (" " .. tostring(p.digest)) or "")
   end
   return event
 end

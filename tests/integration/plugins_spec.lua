@@ -99,6 +99,68 @@ describe("plugins", function()
     assert.equal("shadowed\n", r.stdout)
   end)
 
+  it("lets a plugin stop a deployment before validation, and hears about switches and failures", function()
+    local dir = T.tmpdir()
+    local repo = dir .. "/repo"
+    T.write(repo .. "/meltano.yml", "version: 1\nplugins: {}\n")
+    local _, ok = T.sh(string.format("cd %s && git init -q -b main && git -c user.name=t -c user.email=t@e " ..
+      "add -A && git -c user.name=t -c user.email=t@e commit -qm init", T.q(repo)))
+    assert.is_true(ok)
+    T.write(dir .. "/plugins/gate/plugin.lua", [[
+      return { name = "gate", version = "1", setup = function(engine, config)
+        engine.register_deploy_hook("before_validate", function(d)
+          if os.getenv("GATE_CLOSED") then return false, "the gate is closed for " .. d.workspace end
+        end)
+        engine.register_deploy_hook("after_switch", function(d)
+          local f = assert(io.open(config.out, "a")) f:write("live ", d.workspace, "\n") f:close()
+        end)
+        engine.register_deploy_hook("on_failure", function(d)
+          local f = assert(io.open(config.out, "a")) f:write("failed ", d.status, "\n") f:close()
+          error("a broken failure hook must not matter")
+        end)
+      end }
+    ]])
+    local out = dir .. "/hooks.txt"
+    T.write(dir .. "/moonops.yml", "workspaces:\n  - { name: ws, repository: ./repo }\nplugins:\n" ..
+      "  - gate: { out: " .. out .. " }\n")
+    local r = T.moonops({ "deploy", "ws" }, { cwd = dir, env = { GATE_CLOSED = "1" } })
+    assert.equal(1, r.code)
+    assert.matches("plugin gate: before_validate hook failed: the gate is closed for ws", r.stderr .. r.stdout)
+    assert.is_nil(T.sh("readlink " .. T.q(dir .. "/.moonops/workspaces/ws/current")):match("releases"))
+    r = T.moonops({ "deploy", "ws" }, { cwd = dir, env = { GATE_CLOSED = false } })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("failed ERROR\nlive ws\n", T.read(out))
+  end)
+
+  it("accepts webhooks from a provider a plugin registers", function()
+    local dir = T.tmpdir()
+    T.write(dir .. "/plugins/acme-git/plugin.lua", [[
+      return { name = "acme-git", version = "1", setup = function(engine)
+        engine.register_webhook_provider({
+          name = "acme",
+          detect = function(h) return h["x-acme-event"] ~= nil end,
+          verify = function(h, body, secrets)
+            for _, s in ipairs(secrets) do if h["x-acme-token"] == s then return true end end
+            return false, "X-Acme-Token"
+          end,
+          parse = function(h, body)
+            return { event = "push", delivery = h["x-acme-delivery"], ref = "refs/heads/main", after = body }
+          end,
+        })
+      end }
+    ]])
+    T.write(dir .. "/moonops.yml", "plugins:\n  - acme-git\n")
+    T.write(dir .. "/check.lua", [[
+      local settings = require("moonops.settings").load("moonops.yml")
+      require("moonops.plugins").load_enabled(settings)
+      local webhook = require "moonops.webhook"
+      print(webhook.provider("acme") and "registered" or "missing")
+    ]])
+    local r = T.moonops({ "lua", "check.lua" }, { cwd = dir })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("registered\n", r.stdout)
+  end)
+
   describe("notify-webhook", function()
     local port, pid, out
 
@@ -159,6 +221,38 @@ describe("plugins", function()
       assert.matches("emitted", r.stdout)
       assert.matches("notify%-webhook: deployment not delivered", r.stderr)
       assert.is_nil(r.stderr:find("sekrit-token-789", 1, true))
+    end)
+
+    -- A workspace repository on a plain path, and a moonops.yml deploying it.
+    local function workspace_project(plugins_yaml)
+      local dir = T.tmpdir()
+      local repo = dir .. "/repo"
+      T.write(repo .. "/meltano.yml", "version: 1\ndefault_environment: dev\nenvironments:\n  - name: dev\n" ..
+        "plugins:\n  extractors:\n    - name: tap-x\n      config: { a: 1 }\n")
+      local _, ok = T.sh(string.format("cd %s && git init -q -b main && git -c user.name=t -c user.email=t@e " ..
+        "add -A && git -c user.name=t -c user.email=t@e commit -qm init", T.q(repo)))
+      assert.is_true(ok)
+      T.write(dir .. "/moonops.yml", "workspaces:\n  - { name: ws, repository: ./repo, branch: main }\n" ..
+        "plugins:\n" .. plugins_yaml)
+      return dir
+    end
+
+    it("is told about a real deployment, and a dead listener does not fail the deployment", function()
+      listen()
+      local dir = workspace_project("  - notify-webhook: { url_env: HOOK_URL, retries: 0 }\n")
+      local url = string.format("http://127.0.0.1:%d/hook/sekrit-token-000", port)
+      local r = T.moonops({ "deploy", "ws" }, { cwd = dir, env = { HOOK_URL = url } })
+      assert.equal(0, r.code, r.stderr)
+      local line = assert(json.decode((T.read(out) or ""):match("[^\n]+")))
+      local body = assert(json.decode(line.body))
+      assert.equal("deployment", body.event)
+      assert.equal("COMPLETE", body.status)
+      assert.matches("^Deployment 1 of ws: COMPLETE %(%x+%)$", body.text)
+      T.kill(pid)
+      r = T.moonops({ "deploy", "ws" }, { cwd = dir, env = { HOOK_URL = url } })
+      assert.equal(0, r.code, r.stderr)
+      assert.matches("notify%-webhook: deployment not delivered", r.stderr)
+      assert.is_nil(r.stderr:find("sekrit-token-000", 1, true))
     end)
 
     it("rejects a config without a URL, naming the plugin", function()
