@@ -7,6 +7,7 @@
  * Results are always new tables; copies of mappings loaded by moonops.yaml keep
  * their provenance (key order and lines).
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -362,6 +363,239 @@ static int config_resolve(lua_State *L) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* resolve_leaves: the flattened result of resolve, without building it      */
+
+typedef struct {
+  const char *name; /* kept alive by the scratch names table */
+  size_t len;
+  int slot;  /* index in the scratch tables */
+  int layer; /* 1-based */
+} leaf;
+
+#define LEAVES_ON_STACK 128
+
+typedef struct {
+  lua_State *L;
+  const int *files;           /* stack indices of the layers' files (0: none) */
+  int names, values, origins; /* scratch tables: slot -> name, value, origin */
+  int store;                  /* stack index of the userdata holding `leaves` once they grow */
+  leaf *leaves;
+  int n, cap;
+  namebuf name;
+} leaf_walk;
+
+/* Push "file:line" (or what is known of it) for a leaf of layer id held under `key` by a
+ * mapping whose yaml meta is at `meta` (0 or nil when it has none); as record_leaf does. */
+static void push_origin(leaf_walk *w, int id, int meta, int key) {
+  lua_State *L = w->L;
+  int has_meta = meta && lua_istable(L, meta);
+  int line = has_meta && key ? mo_yaml_meta_line(L, meta, key) : 0;
+  size_t flen = 0;
+  const char *file = NULL;
+  if (w->files[id]) {
+    file = lua_tolstring(L, w->files[id], &flen);
+    if (line <= 0) {
+      lua_pushvalue(L, w->files[id]);
+      return;
+    }
+  } else if (has_meta && lua_rawgeti(L, meta, MO_META_SOURCE) == LUA_TSTRING) {
+    file = lua_tolstring(L, -1, &flen); /* kept alive by the meta table */
+    lua_pop(L, 1);
+    if (line <= 0) {
+      lua_pushlstring(L, file, flen);
+      return;
+    }
+  } else if (has_meta) {
+    lua_pop(L, 1);
+  }
+  if (file == NULL) {
+    if (line > 0)
+      lua_pushfstring(L, "line %d", line);
+    else
+      lua_pushnil(L);
+    return;
+  }
+  char buf[128], digits[16];
+  int nd = 0;
+  for (unsigned v = (unsigned)line; v > 0; v /= 10)
+    digits[nd++] = (char)('0' + v % 10);
+  if (flen + 1 + (size_t)nd > sizeof buf) {
+    lua_pushfstring(L, "%s:%d", file, line);
+    return;
+  }
+  memcpy(buf, file, flen);
+  buf[flen] = ':';
+  for (int i = 0; i < nd; i++)
+    buf[flen + 1 + (size_t)i] = digits[nd - 1 - i];
+  lua_pushlstring(L, buf, flen + 1 + (size_t)nd);
+}
+
+/* Record the value at idx as the leaf named by the current name, from layer id (0-based). */
+static void add_leaf(leaf_walk *w, int idx, int id, int meta, int key) {
+  lua_State *L = w->L;
+  if (w->n == w->cap) {
+    int cap = w->cap * 2;
+    leaf *p = lua_newuserdatauv(L, sizeof(leaf) * (size_t)cap, 0);
+    memcpy(p, w->leaves, sizeof(leaf) * (size_t)w->n);
+    lua_replace(L, w->store);
+    w->leaves = p;
+    w->cap = cap;
+  }
+  leaf *lf = &w->leaves[w->n++];
+  lf->slot = w->n;
+  lf->layer = id + 1;
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, w->values, lf->slot);
+  push_origin(w, id, meta, key);
+  lua_rawseti(L, w->origins, lf->slot);
+  lua_pushlstring(L, w->name.p, w->name.len);
+  lf->name = lua_tolstring(L, -1, &lf->len);
+  lua_rawseti(L, w->names, lf->slot); /* the string stays at the same address */
+}
+
+static void leaves_of_tables(leaf_walk *w, int nc, const int *tables, const int *ids, int depth);
+
+/* The leaves under one slot; arguments as for merge_slot. */
+static void leaves_of_slot(leaf_walk *w, int n, const int *vals, const int *ids, const int *metas,
+                           int key, int depth) {
+  lua_State *L = w->L;
+  int first = -1, null_at = -1;
+  for (int i = 0; i < n && first < 0; i++) {
+    if (!absent(L, vals[i]))
+      first = i;
+    else if (null_at < 0 && is_null(L, vals[i]))
+      null_at = i;
+  }
+  if (first < 0) {
+    if (null_at >= 0 && depth > 0) add_leaf(w, vals[null_at], ids[null_at], metas[null_at], key);
+    return;
+  }
+  if (!is_open_mapping(L, vals[first])) {
+    if (depth > 0) add_leaf(w, vals[first], ids[first], metas[first], key);
+    return;
+  }
+  int tables[MAX_LAYERS], tids[MAX_LAYERS], nc = 0;
+  for (int i = first; i < n; i++) {
+    if (absent(L, vals[i])) continue;
+    if (!is_open_mapping(L, vals[i])) break; /* replaced by the mapping above it */
+    tables[nc] = vals[i];
+    tids[nc++] = ids[i];
+  }
+  leaves_of_tables(w, nc, tables, tids, depth);
+}
+
+/* The leaves of the merge of nc non-empty mappings (highest priority first). */
+static void leaves_of_tables(leaf_walk *w, int nc, const int *tables, const int *ids, int depth) {
+  lua_State *L = w->L;
+  if (depth > MAX_DEPTH) too_deep(L, "resolve_leaves");
+  luaL_checkstack(L, 2 * nc + 12, "config.resolve_leaves");
+  int top = lua_gettop(L);
+  int metas[MAX_LAYERS];
+  for (int j = 0; j < nc; j++) {
+    mo_yaml_push_meta(L, tables[j]);
+    metas[j] = lua_gettop(L);
+  }
+  for (int li = 0; li < nc; li++) {
+    lua_pushnil(L);
+    while (lua_next(L, tables[li])) {
+      int key = lua_gettop(L) - 1;
+      int seen = 0; /* the key is in a higher layer: it was walked with that one */
+      for (int i = 0; i < li && !seen; i++) {
+        lua_pushvalue(L, key);
+        seen = lua_rawget(L, tables[i]) != LUA_TNIL;
+        lua_pop(L, 1);
+      }
+      if (seen) {
+        lua_settop(L, key);
+        continue;
+      }
+      int vals[MAX_LAYERS];
+      for (int j = 0; j < nc; j++) {
+        if (j == li) {
+          vals[j] = key + 1; /* the value lua_next pushed */
+          continue;
+        }
+        if (j < li) {
+          lua_pushnil(L); /* not in the higher layers (checked above) */
+        } else {
+          lua_pushvalue(L, key);
+          lua_rawget(L, tables[j]);
+        }
+        vals[j] = lua_gettop(L);
+      }
+      size_t mark = name_push(&w->name, L, key, depth == 0);
+      leaves_of_slot(w, nc, vals, ids, metas, key, depth + 1);
+      w->name.len = mark;
+      lua_settop(L, key);
+    }
+  }
+  lua_settop(L, top);
+}
+
+static int leaf_cmp(const void *pa, const void *pb) {
+  const leaf *a = pa, *b = pb;
+  size_t n = a->len < b->len ? a->len : b->len;
+  int c = memcmp(a->name, b->name, n);
+  if (c != 0) return c;
+  return a->len < b->len ? -1 : a->len > b->len ? 1 : 0;
+}
+
+/* config.resolve_leaves(layers) -> names, values, from, origins
+ * What config.flatten would give for resolve(layers), without building the merged value:
+ * parallel arrays sorted by name; from[i] is the index of the layer the value comes from,
+ * origins[i] what resolve's sources give as its origin. Leaf tables (lists, empty
+ * mappings) are the layers' own, not copies. */
+static int config_resolve_leaves(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  int n = (int)lua_rawlen(L, 1);
+  if (n > MAX_LAYERS) return luaL_argerror(L, 1, "too many layers (at most 64)");
+  luaL_checkstack(L, 2 * n + 16, "config.resolve_leaves");
+  int vals[MAX_LAYERS], ids[MAX_LAYERS], metas[MAX_LAYERS], files[MAX_LAYERS];
+  for (int i = 0; i < n; i++) {
+    if (lua_rawgeti(L, 1, i + 1) != LUA_TTABLE)
+      return luaL_argerror(L, 1, lua_pushfstring(L, "layer %d is not a table", i + 1));
+    int layer = lua_gettop(L);
+    lua_getfield(L, layer, "value");
+    vals[i] = lua_gettop(L);
+    ids[i] = i;
+    metas[i] = 0;
+    int t = lua_getfield(L, layer, "file");
+    if (t != LUA_TNIL && t != LUA_TSTRING)
+      return luaL_argerror(L, 1, lua_pushfstring(L, "layer %d: file must be a string", i + 1));
+    files[i] = t == LUA_TNIL ? 0 : lua_gettop(L);
+  }
+  leaf stack_leaves[LEAVES_ON_STACK];
+  leaf_walk w = {.L = L, .files = files, .leaves = stack_leaves, .cap = LEAVES_ON_STACK};
+  for (int k = 0; k < 3; k++)
+    lua_createtable(L, 32, 0);
+  w.names = lua_gettop(L) - 2;
+  w.values = w.names + 1;
+  w.origins = w.names + 2;
+  lua_pushnil(L); /* the leaves, once they outgrow stack_leaves */
+  w.store = lua_gettop(L);
+  name_init(L, &w.name);
+  leaves_of_slot(&w, n, vals, ids, metas, 0, 0);
+  qsort(w.leaves, (size_t)w.n, sizeof(leaf), leaf_cmp);
+  luaL_checkstack(L, 8, "config.resolve_leaves");
+  int out = lua_gettop(L) + 1;
+  for (int k = 0; k < 4; k++)
+    lua_createtable(L, w.n, 0);
+  for (int i = 0; i < w.n; i++) {
+    const leaf *lf = &w.leaves[i];
+    lua_rawgeti(L, w.names, lf->slot);
+    lua_rawseti(L, out, i + 1);
+    lua_rawgeti(L, w.values, lf->slot);
+    lua_rawseti(L, out + 1, i + 1);
+    lua_pushinteger(L, lf->layer);
+    lua_rawseti(L, out + 2, i + 1);
+    lua_rawgeti(L, w.origins, lf->slot);
+    lua_rawseti(L, out + 3, i + 1);
+  }
+  return 4;
+}
+
+/* ------------------------------------------------------------------------ */
 /* flatten and nest                                                          */
 
 static void flatten_into(lua_State *L, int t, int flat, int names, lua_Integer *n, namebuf *nb,
@@ -521,12 +755,29 @@ typedef struct {
 
 /* Push the expansion of the string at idx; on a missing variable in strict mode
  * push its name and return 0. */
+/* Does s hold a $VAR, ${VAR} or \$ (anything expansion changes)? */
+static int has_expansion(const char *s, size_t len) {
+  const char *p = s, *end = s + len;
+  while ((p = memchr(p, '$', (size_t)(end - p))) != NULL) {
+    if (p > s && p[-1] == '\\') return 1;
+    if (p + 1 < end && name_start((unsigned char)p[1])) return 1;
+    if (p + 2 < end && p[1] == '{' && name_start((unsigned char)p[2])) {
+      const char *q = p + 3;
+      while (q < end && name_char((unsigned char)*q))
+        q++;
+      if (q < end && *q == '}') return 1;
+    }
+    p++;
+  }
+  return 0;
+}
+
 static int expand_string(expander *x, int idx) {
   lua_State *L = x->L;
   size_t len;
   const char *s = lua_tolstring(L, idx, &len);
-  if (memchr(s, '$', len) == NULL) {
-    lua_pushvalue(L, idx);
+  if (!has_expansion(s, len)) {
+    lua_pushvalue(L, idx); /* the same string: nothing to build */
     return 1;
   }
   luaL_Buffer b;
@@ -622,7 +873,11 @@ static int config_expand(lua_State *L) {
   }
   lua_settop(L, 2);
   expander x = {.L = L, .env = 2, .strict = strict};
-  name_init(L, &x.path); /* 3 */
+  if (lua_type(L, 1) == LUA_TSTRING) {
+    if (expand_string(&x, 1)) return 1;
+    return mo_fail(L, "variable %s is not set", lua_tostring(L, -1));
+  }
+  name_init(L, &x.path); /* 3: the path of the value being expanded, for errors */
   if (expand_value(&x, 1, 0)) return 1;
   const char *var = lua_tostring(L, -1);
   if (x.path.len > 0) {
@@ -634,8 +889,13 @@ static int config_expand(lua_State *L) {
 
 int luaopen_moonops_config(lua_State *L) {
   static const luaL_Reg funcs[] = {
-      {"merge", config_merge}, {"resolve", config_resolve}, {"flatten", config_flatten},
-      {"nest", config_nest},   {"expand", config_expand},   {NULL, NULL},
+      {"merge", config_merge},
+      {"resolve", config_resolve},
+      {"resolve_leaves", config_resolve_leaves},
+      {"flatten", config_flatten},
+      {"nest", config_nest},
+      {"expand", config_expand},
+      {NULL, NULL},
   };
   luaL_newlib(L, funcs);
   return 1;

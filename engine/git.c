@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <fnmatch.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -807,8 +808,146 @@ static int repo_remotes(lua_State *L) {
   return 1;
 }
 
-/* repo:fetch(remote_or_url [, refspecs [, {credentials=, progress=, prune=, tags=}]]) -> true |
- * nil, err */
+/* ---- local repositories: share objects instead of re-packing them --------- */
+
+/*
+ * libgit2's transport for a repository on a local path builds a new pack with a full
+ * delta search for every fetch, where git links or reuses what is on disk. Before
+ * such a fetch the other repository's packs (with their indexes) and loose objects
+ * that we lack are hard-linked into ours (copied across file systems), as
+ * `git clone --local` does; objects are immutable and named by their content, so
+ * this is safe. The fetch then finds the tips it wants already present and only
+ * updates refs. Anything that could not be linked is still fetched the usual way.
+ */
+
+/* The path of a local repository named by `url` ("/p", "./p", "file:///p"), or NULL. */
+static const char *local_repository_path(const char *url) {
+  if (strncmp(url, "file://", 7) == 0) return url + 7;
+  if (strstr(url, "://")) return NULL;
+  const char *colon = strchr(url, ':'), *slash = strchr(url, '/');
+  if (colon && (!slash || colon < slash)) return NULL; /* scp-like host:path */
+  return url;
+}
+
+static int write_all(int fd, const char *data, size_t len);
+
+/* Link `from` to `to`, or copy it through a temporary file when linking is not possible. */
+static int share_file(const char *from, const char *to) {
+  if (link(from, to) == 0 || errno == EEXIST) return 0;
+  if (errno != EXDEV && errno != EPERM && errno != EMLINK) return -1;
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp-%ld", to, (long)getpid());
+  int in = open(from, O_RDONLY | O_CLOEXEC), out = -1, rc = -1;
+  if (in < 0) return -1;
+  out = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+  if (out >= 0) {
+    char buf[65536];
+    ssize_t n;
+    rc = 0;
+    while ((n = read(in, buf, sizeof buf)) != 0) {
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        rc = -1;
+        break;
+      }
+      if (write_all(out, buf, (size_t)n) < 0) {
+        rc = -1;
+        break;
+      }
+    }
+    if (close(out) < 0) rc = -1;
+    if (rc == 0 && rename(tmp, to) < 0) rc = -1;
+    if (rc < 0) unlink(tmp);
+  }
+  close(in);
+  return rc;
+}
+
+static int is_hex(const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
+  return s[n] == '\0';
+}
+
+/* Share the packs (pack first, then its index, so no index is seen without its pack) and
+ * the loose objects of objects directory `from` that `to` lacks. Best effort. */
+static void share_objects(const char *from, const char *to) {
+  char a[4200], b[4200];
+  struct stat st;
+  snprintf(a, sizeof a, "%s/pack", from);
+  DIR *d = opendir(a);
+  if (d) {
+    struct dirent *e;
+    snprintf(b, sizeof b, "%s/pack", to);
+    mkdir(b, 0777);
+    while ((e = readdir(d)) != NULL) {
+      size_t n = strlen(e->d_name);
+      if (n < 10 || strncmp(e->d_name, "pack-", 5) != 0 || strcmp(e->d_name + n - 4, ".idx") != 0)
+        continue;
+      int base = (int)(n - 4);
+      snprintf(b, sizeof b, "%s/pack/%.*s.idx", to, base, e->d_name);
+      if (stat(b, &st) == 0) continue;
+      snprintf(a, sizeof a, "%s/pack/%.*s.pack", from, base, e->d_name);
+      snprintf(b, sizeof b, "%s/pack/%.*s.pack", to, base, e->d_name);
+      if (share_file(a, b) < 0) continue;
+      snprintf(a, sizeof a, "%s/pack/%s", from, e->d_name);
+      snprintf(b, sizeof b, "%s/pack/%s", to, e->d_name);
+      share_file(a, b);
+    }
+    closedir(d);
+  }
+  d = opendir(from);
+  if (!d) return;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (!is_hex(e->d_name, 2)) continue;
+    snprintf(a, sizeof a, "%s/%s", from, e->d_name);
+    DIR *sub = opendir(a);
+    if (!sub) continue;
+    struct dirent *o;
+    int made = 0;
+    while ((o = readdir(sub)) != NULL) {
+      if (!is_hex(o->d_name, GIT_OID_HEXSZ - 2)) continue;
+      snprintf(b, sizeof b, "%s/%s/%s", to, e->d_name, o->d_name);
+      if (stat(b, &st) == 0) continue;
+      if (!made) {
+        snprintf(b, sizeof b, "%s/%s", to, e->d_name);
+        mkdir(b, 0777);
+        made = 1;
+        snprintf(b, sizeof b, "%s/%s/%s", to, e->d_name, o->d_name);
+      }
+      snprintf(a, sizeof a, "%s/%s/%s", from, e->d_name, o->d_name);
+      share_file(a, b);
+    }
+    closedir(sub);
+  }
+  closedir(d);
+}
+
+/* Before a fetch from a repository on a local path: share its objects (see above). */
+static void share_local_objects(git_repository *repo, const char *url) {
+  const char *path = local_repository_path(url);
+  git_repository *other = NULL;
+  git_buf from = GIT_BUF_INIT, to = GIT_BUF_INIT;
+  git_odb *odb = NULL;
+  if (path && git_repository_open_ext(&other, path, GIT_REPOSITORY_OPEN_NO_SEARCH, NULL) == 0 &&
+      git_repository_item_path(&from, other, GIT_REPOSITORY_ITEM_OBJECTS) == 0 &&
+      git_repository_item_path(&to, repo, GIT_REPOSITORY_ITEM_OBJECTS) == 0 &&
+      strcmp(from.ptr, to.ptr) != 0) {
+    share_objects(from.ptr, to.ptr);
+    if (git_repository_odb(&odb, repo) == 0) git_odb_refresh(odb);
+  }
+  git_odb_free(odb);
+  git_buf_dispose(&from);
+  git_buf_dispose(&to);
+  git_repository_free(other);
+  git_error_clear();
+}
+
+/* repo:fetch(remote_or_url [, refspecs [, {credentials=, progress=, prune=, tags=, share_local=}]])
+ *   -> true | nil, err
+ * From a repository on a local path, its objects are first hard-linked (or copied) into this
+ * one, as `git clone --local` does; share_local=false fetches through libgit2's pack instead. */
 static int repo_fetch(lua_State *L) {
   git_repository *repo = check_repo(L, 1);
   const char *name = luaL_checkstring(L, 2);
@@ -820,7 +959,9 @@ static int repo_fetch(lua_State *L) {
   git_fetch_options fo;
   git_fetch_options_init(&fo, GIT_FETCH_OPTIONS_VERSION);
   netctx_callbacks(&n, &fo.callbacks);
+  int share_local = 1;
   if (opts) {
+    share_local = mo_optfield_boolean(L, opts, "share_local", 1);
     int prune = mo_optfield_boolean(L, opts, "prune", 0);
     fo.prune = prune ? GIT_FETCH_PRUNE : GIT_FETCH_PRUNE_UNSPECIFIED;
     if (lua_getfield(L, opts, "tags") != LUA_TNIL)
@@ -833,6 +974,7 @@ static int repo_fetch(lua_State *L) {
   int rc = open_remote(&remote, repo, name, &named);
   if (rc < 0) return fail_git(L, rc, "fetch %s", name);
   if (named && specs.count == 0) configured_refspecs(L, repo, name, &specs);
+  if (share_local) share_local_objects(repo, git_remote_url(remote));
   rc = git_remote_fetch(remote, specs.count ? &specs : NULL, &fo, NULL);
   git_remote_free(remote);
   if (rc < 0) return fail_net(L, rc, &n, "fetch", name);

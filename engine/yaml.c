@@ -483,12 +483,19 @@ static size_t char_to_byte(const char *text, size_t len, size_t chars) {
 }
 
 typedef struct {
+  int line, col;
+} node_mark;
+
+typedef struct {
   lua_State *L;
   yaml_loader *ld;
   const char *text; /* after the BOM */
   size_t len;
   int name_idx, prov_idx, anchors_idx;
   long alias_nodes;
+  node_mark *marks; /* positions of the entries waiting to go into their tables */
+  size_t nmarks, cap;
+  int marks_idx; /* stack index of the userdata holding `marks` */
 } builder;
 
 static int raise_at(builder *b, yaml_mark_t mark, const char *fmt, ...) {
@@ -722,24 +729,85 @@ static void add_merge_source(builder *b, int merges, int value, yaml_mark_t km) 
   if (!ok) raise_at(b, km, "the merge key << needs a mapping or a list of mappings");
 }
 
+/* Line and column (0-based, as libyaml gives them) of a pending mapping key or sequence item. */
+static void push_mark(builder *b, yaml_mark_t mark) {
+  if (b->nmarks == b->cap) {
+    size_t cap = b->cap * 2;
+    node_mark *p = lua_newuserdatauv(b->L, cap * sizeof *p, 0);
+    memcpy(p, b->marks, b->nmarks * sizeof *p);
+    lua_replace(b->L, b->marks_idx);
+    b->marks = p;
+    b->cap = cap;
+  }
+  b->marks[b->nmarks].line = (int)mark.line;
+  b->marks[b->nmarks].col = (int)mark.column;
+  b->nmarks++;
+}
+
+/*
+ * Entries of a mapping (key, value pairs) and items of a sequence wait on the stack
+ * until the node ends, so its table and meta are made at their final size; a long
+ * one is moved into its table every PENDING_MAX entries.
+ */
+#define PENDING_MAX 256
+
+/* Move the `pending` key/value pairs above `base` into the mapping at t (made here the
+ * first time, with its meta at m); their marks start at b->marks[mark0]. */
+static void flush_mapping(builder *b, int t, int m, int base, int pending, size_t mark0,
+                          lua_Integer *n, yaml_mark_t start) {
+  lua_State *L = b->L;
+  if (lua_isnil(L, t)) {
+    lua_createtable(L, 0, pending);
+    lua_replace(L, t);
+    push_new_meta(b, start, 2 * pending);
+    lua_replace(L, m);
+  }
+  for (int i = 0; i < pending; i++) {
+    int key = base + 1 + 2 * i;
+    node_mark km = b->marks[mark0 + (size_t)i];
+    lua_pushvalue(L, key);
+    if (lua_rawget(L, t) != LUA_TNIL) {
+      yaml_mark_t at = {.line = (size_t)km.line, .column = (size_t)km.col};
+      raise_at(b, at, "duplicate key \"%s\" (first defined on line %d)", lua_tostring(L, key),
+               (int)meta_key_line(L, m, key));
+    }
+    lua_pop(L, 1);
+    ++*n;
+    lua_pushvalue(L, key);
+    lua_rawseti(L, m, MO_META_HEAD + 2 * *n - 1);
+    lua_pushinteger(L, (lua_Integer)km.line + 1);
+    lua_rawseti(L, m, MO_META_HEAD + 2 * *n);
+    lua_pushvalue(L, key);
+    lua_pushvalue(L, key + 1);
+    lua_rawset(L, t);
+  }
+  lua_settop(L, base);
+  b->nmarks = mark0;
+}
+
 static void build_mapping(builder *b, int depth) {
   lua_State *L = b->L;
   yaml_event_t *e = &b->ld->event;
+  yaml_mark_t start = e->start_mark;
   luaL_checkstack(L, 12, "yaml nesting");
-  lua_newtable(L);
+  lua_pushnil(L); /* the table, made when its size is known */
   int t = lua_gettop(L);
-  push_new_meta(b, e->start_mark, 8);
+  lua_pushnil(L); /* its meta */
   int m = t + 1;
+  lua_pushnil(L); /* the sources of merge keys (<<), if any */
+  int merges = t + 2;
   int anchor = 0;
   if (e->data.mapping_start.anchor) {
     lua_pushstring(L, (const char *)e->data.mapping_start.anchor);
     anchor = lua_gettop(L);
   }
-  int merges = 0;
+  int base = lua_gettop(L), pending = 0;
+  size_t mark0 = b->nmarks;
   lua_Integer merge_line = 0, n = 0;
   for (;;) {
     e = next_event(b);
     if (e->type == YAML_MAPPING_END_EVENT) break;
+    luaL_checkstack(L, 8, "yaml mapping");
     yaml_mark_t km = e->start_mark;
     int is_merge = 0;
     if (e->type == YAML_SCALAR_EVENT) {
@@ -777,9 +845,9 @@ static void build_mapping(builder *b, int depth) {
 
     e = next_event(b);
     if (is_merge) {
-      if (!merges) {
+      if (lua_isnil(L, merges)) {
         lua_newtable(L);
-        merges = lua_gettop(L);
+        lua_replace(L, merges);
         merge_line = (lua_Integer)km.line + 1;
       }
       build_node(b, depth + 1);
@@ -787,20 +855,15 @@ static void build_mapping(builder *b, int depth) {
       lua_pop(L, 1);
       continue;
     }
-    lua_pushvalue(L, -1);
-    if (lua_rawget(L, t) != LUA_TNIL)
-      raise_at(b, km, "duplicate key \"%s\" (first defined on line %d)", lua_tostring(L, -2),
-               (int)meta_key_line(L, m, lua_gettop(L) - 1));
-    lua_pop(L, 1);
+    push_mark(b, km);
     build_node(b, depth + 1);
-    n++;
-    lua_pushvalue(L, -2);
-    lua_rawseti(L, m, MO_META_HEAD + 2 * n - 1);
-    lua_pushinteger(L, (lua_Integer)km.line + 1);
-    lua_rawseti(L, m, MO_META_HEAD + 2 * n);
-    lua_rawset(L, t);
+    if (++pending == PENDING_MAX) {
+      flush_mapping(b, t, m, base, pending, mark0, &n, start);
+      pending = 0;
+    }
   }
-  if (merges) apply_merges(b, t, m, merges, &n, merge_line);
+  if (pending > 0 || lua_isnil(L, t)) flush_mapping(b, t, m, base, pending, mark0, &n, start);
+  if (!lua_isnil(L, merges)) apply_merges(b, t, m, merges, &n, merge_line);
   lua_pushvalue(L, t);
   lua_pushvalue(L, m);
   lua_rawset(L, b->prov_idx);
@@ -808,30 +871,58 @@ static void build_mapping(builder *b, int depth) {
   lua_settop(L, t);
 }
 
+/* Move the `pending` items above `base` into the sequence at t (made here the first time,
+ * with its meta at m); their marks start at b->marks[mark0]. */
+static void flush_sequence(builder *b, int t, int m, int base, int pending, size_t mark0,
+                           lua_Integer *n, yaml_mark_t start) {
+  lua_State *L = b->L;
+  if (lua_isnil(L, t)) {
+    lua_createtable(L, pending, 0);
+    mo_mark_array(L, -1);
+    lua_replace(L, t);
+    push_new_meta(b, start, pending);
+    lua_replace(L, m);
+  }
+  for (int i = 0; i < pending; i++) {
+    ++*n;
+    lua_pushvalue(L, base + 1 + i);
+    lua_rawseti(L, t, *n);
+    lua_pushinteger(L, (lua_Integer)b->marks[mark0 + (size_t)i].line + 1);
+    lua_rawseti(L, m, MO_META_HEAD + *n);
+  }
+  lua_settop(L, base);
+  b->nmarks = mark0;
+}
+
 static void build_sequence(builder *b, int depth) {
   lua_State *L = b->L;
   yaml_event_t *e = &b->ld->event;
+  yaml_mark_t start = e->start_mark;
   luaL_checkstack(L, 8, "yaml nesting");
-  lua_newtable(L);
+  lua_pushnil(L); /* the table, made when its size is known */
   int t = lua_gettop(L);
-  mo_mark_array(L, t);
-  push_new_meta(b, e->start_mark, 8);
+  lua_pushnil(L); /* its meta */
   int m = t + 1;
   int anchor = 0;
   if (e->data.sequence_start.anchor) {
     lua_pushstring(L, (const char *)e->data.sequence_start.anchor);
     anchor = lua_gettop(L);
   }
+  int base = lua_gettop(L), pending = 0;
+  size_t mark0 = b->nmarks;
   lua_Integer n = 0;
   for (;;) {
     e = next_event(b);
     if (e->type == YAML_SEQUENCE_END_EVENT) break;
-    lua_Integer line = (lua_Integer)e->start_mark.line + 1;
+    luaL_checkstack(L, 8, "yaml sequence");
+    push_mark(b, e->start_mark);
     build_node(b, depth + 1);
-    lua_rawseti(L, t, ++n);
-    lua_pushinteger(L, line);
-    lua_rawseti(L, m, MO_META_HEAD + n);
+    if (++pending == PENDING_MAX) {
+      flush_sequence(b, t, m, base, pending, mark0, &n, start);
+      pending = 0;
+    }
   }
+  if (pending > 0 || lua_isnil(L, t)) flush_sequence(b, t, m, base, pending, mark0, &n, start);
   lua_pushvalue(L, t);
   lua_pushvalue(L, m);
   lua_rawset(L, b->prov_idx);
@@ -879,6 +970,9 @@ static int load_protected(lua_State *L) {
   b.prov_idx = lua_gettop(L);
   lua_newtable(L);
   b.anchors_idx = lua_gettop(L);
+  b.cap = 64;
+  b.marks = lua_newuserdatauv(L, b.cap * sizeof *b.marks, 0);
+  b.marks_idx = lua_gettop(L);
   loader_start(L, ld, text, len);
 
   yaml_event_t *e = next_event(&b); /* stream start */

@@ -38,7 +38,7 @@ end
 
 local function locate(ctx, opts)
   -- a short-lived command that builds many small tables: collect less often
-  collectgarbage("incremental", 400)
+  collectgarbage("incremental", 1000)
   if opts.project and opts.workspace then usage("use either --project or --workspace, not both") end
   local env = meltano.process_env()
   opts.process_env = env
@@ -156,45 +156,138 @@ local function list_cmd(ctx, opts)
 end
 
 -- The JSON document of `env show`, written directly: it can hold tens of thousands
--- of settings and the general encoder sorts every object's keys.
-local SETTING = '%s\n          "name": %s,\n          "origin": %s,\n          "redacted": %s,\n          "source": %s,'
-  .. '\n          "value": %s\n        }'
+-- of settings and the general encoder sorts every object's keys. The layout is
+-- json.pretty's (two-space indent, keys sorted). One string per plugin: the pieces of
+-- a setting are existing strings (names, values) between constant ones.
+local concat, find, format, mtype = table.concat, string.find, string.format, math.type
 
-local function show_json(res)
-  local enc, fmt = json.encode, string.format
-  -- most values are plain strings: quote them directly; names repeat, so remember them
-  local function str(v)
-    if v:find('[%c"\\]') then return enc(v) end
-    return '"' .. v .. '"'
+-- Is `s` its own JSON text between quotes (no quote, backslash or control character)?
+local function plain(s)
+  return find(s, '^[^%c"\\]*$') ~= nil
+end
+
+local function quote(s)
+  if plain(s) then return '"' .. s .. '"' end
+  return json.encode(s)
+end
+
+-- A list of plain strings, integers and booleans, laid out as json.pretty does at
+-- the depth of a setting's value; nil for anything else.
+local function simple_list(v)
+  local n = #v
+  if n == 0 or not json.is_array(v) then return nil end
+  local parts = {}
+  for i = 1, n do
+    local x = v[i]
+    local tx = type(x)
+    if tx == "string" then
+      parts[i] = quote(x)
+    elseif tx == "boolean" then
+      parts[i] = x and "true" or "false"
+    elseif mtype(x) == "integer" then
+      parts[i] = format("%d", x)
+    else
+      return nil
+    end
   end
+  return "[\n            " .. concat(parts, ",\n            ") .. "\n          ]"
+end
+
+local function json_value(v)
+  local tv = type(v)
+  if tv == "string" then return quote(v) end
+  if tv == "boolean" then return v and "true" or "false" end
+  if mtype(v) == "integer" then return format("%d", v) end
+  if tv == "table" then return simple_list(v) or (json.pretty(v):sub(1, -2):gsub("\n", "\n          ")) end
+  return json.encode(v)
+end
+
+local FIRST, NEXT = '\n        {\n          "name": ', ',\n        {\n          "name": '
+local ORIGIN, ORIGIN_NULL = ',\n          "origin": "', ',\n          "origin": null'
+local REDACTED = { -- after a plain origin: its closing quote, then the flag
+  [true] = '",\n          "redacted": true,\n          "source": ',
+  [false] = '",\n          "redacted": false,\n          "source": ',
+}
+local REDACTED_NULL_ORIGIN = {
+  [true] = ',\n          "redacted": true,\n          "source": ',
+  [false] = ',\n          "redacted": false,\n          "source": ',
+}
+local VALUE, VALUE_STRING = ',\n          "value": ', ',\n          "value": "'
+local CLOSE, CLOSE_STRING = "\n        }", '"\n        }'
+
+-- The pieces of one plugin's part of the document, from pieces[1]; returns how many.
+-- Origins and string values go in as they are, between quotes, and are listed in `raw`
+-- so the caller can check them all at once; with `check`, each is checked here.
+local function plugin_pieces(pieces, raw, first, p, quoted, check)
+  local settings = p.settings
+  local k, nraw = 1, 0
+  pieces[1] = (first and '\n    {\n      "name": ' or ',\n    {\n      "name": ') .. quote(p.name)
+    .. ',\n      "settings": ['
+  for j = 1, #settings do
+    local s = settings[j]
+    local origin, v, source = s.origin, s.value, s.source
+    pieces[k + 1] = j > 1 and NEXT or FIRST
+    pieces[k + 2] = quoted[s.name]
+    local redacted = s.redacted and true or false
+    if origin == nil then
+      pieces[k + 3] = ORIGIN_NULL
+      pieces[k + 4] = ""
+      pieces[k + 5] = REDACTED_NULL_ORIGIN[redacted]
+    elseif not check or plain(origin) then
+      pieces[k + 3] = ORIGIN
+      pieces[k + 4] = origin
+      pieces[k + 5] = REDACTED[redacted]
+      nraw = nraw + 1
+      raw[nraw] = origin
+    else
+      pieces[k + 3] = ',\n          "origin": '
+      pieces[k + 4] = json.encode(origin)
+      pieces[k + 5] = REDACTED_NULL_ORIGIN[redacted]
+    end
+    pieces[k + 6] = source and quoted[source] or "null"
+    if type(v) == "string" and (not check or plain(v)) then
+      pieces[k + 7] = VALUE_STRING
+      pieces[k + 8] = v
+      pieces[k + 9] = CLOSE_STRING
+      nraw = nraw + 1
+      raw[nraw] = v
+    else
+      pieces[k + 7] = VALUE
+      pieces[k + 8] = json_value(v)
+      pieces[k + 9] = CLOSE
+    end
+    k = k + 9
+  end
+  k = k + 1
+  pieces[k] = (#settings > 0 and '\n      ],\n      "type": ' or '],\n      "type": ') .. quote(p.type) .. "\n    }"
+  return k, nraw
+end
+
+-- Are the first n strings of `list` all plain? One %q over them joined (by a plain
+-- space) adds nothing but the two quotes exactly when none needs escaping.
+local function all_plain(list, n)
+  if n == 0 then return true end
+  local joined = concat(list, " ", 1, n)
+  return #format("%q", joined) == #joined + 2
+end
+
+-- Returns the document as a list of strings, one per plugin.
+local function show_json(res)
+  -- names and sources repeat: quote each once
   local quoted = setmetatable({}, { __index = function(t, k)
-    local q = str(k)
+    local q = quote(k)
     t[k] = q
     return q
   end })
-  local function value(v)
-    local tv = type(v)
-    if tv == "string" then return str(v) end
-    if tv == "table" then return (json.pretty(v):sub(1, -2):gsub("\n", "\n          ")) end
-    if math.type(v) == "integer" then return tostring(v) end
-    return enc(v)
-  end
-  local out = { '{\n  "environment": ', res.environment and str(res.environment) or "null", ',\n  "plugins": [' }
-  local n = #out
+  local chunks = { '{\n  "environment": ' .. (res.environment and quote(res.environment) or "null") .. ',\n  "plugins": [' }
+  local pieces, raw = {}, {}
   for i, p in ipairs(res.plugins) do
-    n = n + 1
-    out[n] = fmt('%s\n    {\n      "name": %s,\n      "settings": [', i > 1 and "," or "", str(p.name))
-    for j, s in ipairs(p.settings) do
-      n = n + 1
-      out[n] = fmt(SETTING, j > 1 and ",\n        {" or "\n        {", quoted[s.name],
-        s.origin and str(s.origin) or "null", s.redacted and "true" or "false", s.source and quoted[s.source] or "null",
-        value(s.value))
-    end
-    n = n + 1
-    out[n] = fmt('%s      "type": %s\n    }', #p.settings > 0 and "\n      ],\n" or "],\n", str(p.type))
+    local k, nraw = plugin_pieces(pieces, raw, i == 1, p, quoted, false)
+    if not all_plain(raw, nraw) then k = plugin_pieces(pieces, raw, i == 1, p, quoted, true) end
+    chunks[i + 1] = concat(pieces, "", 1, k)
   end
-  out[n + 1] = #res.plugins > 0 and "\n  ]\n}\n" or "]\n}\n"
-  return table.concat(out)
+  chunks[#chunks + 1] = #res.plugins > 0 and "\n  ]\n}\n" or "]\n}\n"
+  return chunks
 end
 
 local function show_cmd(ctx, opts)
@@ -210,12 +303,8 @@ local function show_cmd(ctx, opts)
   warn_all(ctx, project)
   if not res then errors.raise(err, err:find("^plugin ") and errors.USAGE or errors.FAILURE) end
   if opts.json then
-    -- the document is built from strings only: collecting now would walk the whole
-    -- resolved project again for nothing (memory grows by about the output's size)
-    collectgarbage("stop")
-    local text = show_json(res)
-    collectgarbage("restart")
-    ctx.print(text)
+    local chunks = show_json(res)
+    for i = 1, #chunks do ctx.print(chunks[i]) end
     return 0
   end
   ctx.print(string.format("environment: %s%s\n", name or "(none)", name and (" (" .. how .. ")") or ""))
@@ -331,6 +420,7 @@ directory.]],
       options = with_common({}),
       max_args = 0,
       run = list_cmd,
+      fast_exit = true, -- nothing to close: exit without freeing the resolved project
     },
     show = {
       summary = "every resolved setting, its source and origin",
@@ -342,6 +432,7 @@ directory.]],
       }),
       max_args = 0,
       run = show_cmd,
+      fast_exit = true, -- nothing to close: exit without freeing the resolved project
     },
     diff = {
       usage = "E1 E2",
@@ -351,6 +442,7 @@ directory.]],
       }),
       max_args = 2,
       run = diff_cmd,
+      fast_exit = true, -- nothing to close: exit without freeing the resolved project
     },
     use = {
       usage = "E",

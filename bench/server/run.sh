@@ -2,8 +2,11 @@
 # Server benchmark: moonops serve vs adnanh/webhook vs a bare libmicrohttpd program,
 # side by side in one run, with the same signed push payload and wrk settings.
 #
-#   bench/server/run.sh [path/to/moonops]      (DURATION=10 CONNECTIONS=32 THREADS=2 WORKERS=2)
+#   bench/server/run.sh [path/to/moonops]      (DURATION=10 CONNECTIONS=32 THREADS=2 WORKERS=2 ROUNDS=3)
 #
+# Each round runs the five measurements one after another (the servers are started once);
+# the summary gives the median of the rounds for every line, the largest size the moonops
+# WAL reached during the accepted runs, and both servers' RSS after the last round.
 # Paths: "filtered" = a signed push to a branch that is not deployed (answered 200
 # ignored); "accepted" = a signed push to the deployed branch (moonops records the
 # delivery and queues/coalesces a deployment in SQLite; webhook forks its command).
@@ -14,6 +17,7 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
 WORKERS=${WORKERS:-2}
+ROUNDS=${ROUNDS:-3}
 SECRET=bench-secret-0123456789
 WORK=$(mktemp -d /tmp/moonops-bench-server.XXXXXX)
 PIDS=""
@@ -101,32 +105,63 @@ check "$MO_URL" "$WORK/filtered.json" 200
 check "$MO_URL" "$WORK/accepted.json" 202
 check "$BARE_URL" "$WORK/filtered.json" 200
 
-run_wrk() { # name url body-file
+WAL="$WORK/ops/data/moonops.db-wal"
+watch_wal() { # largest size of the WAL while the caller's wrk runs, into $WORK/wal.max
+  while [ ! -e "$WORK/wal.stop" ]; do
+    size=$(stat -c %s "$WAL" 2>/dev/null || echo 0)
+    max=$(cat "$WORK/wal.max" 2>/dev/null || echo 0)
+    [ "$size" -gt "$max" ] && echo "$size" >"$WORK/wal.max"
+    sleep 0.1
+  done
+}
+
+run_wrk() { # name url body-file path
+  [ "$1/$4" = moonops/accepted ] && { rm -f "$WORK/wal.stop"; watch_wal & WATCH=$!; }
   out=$(BENCH_BODY="$3" BENCH_SIG=$(sig "$3") wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
     -s "$HERE/push.lua" "$2")
+  [ "$1/$4" = moonops/accepted ] && { touch "$WORK/wal.stop"; wait "$WATCH"; }
   rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
   p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
   non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
-  printf '%-10s %-9s %12s %10s %8s\n' "$1" "$4" "$rps" "$p99" "${non2xx:-0}"
-  eval "RPS_$1_$4=$rps"
+  printf '%-5s %-10s %-9s %12s %10s %8s\n' "$ROUND" "$1" "$4" "$rps" "$p99" "${non2xx:-0}"
+  # p99 in ms whatever unit wrk chose
+  echo "$1 $4 $rps $(echo "$p99" | awk '/us$/ {print $1 / 1000; next} /ms$/ {print $1 + 0; next} /s$/ {print $1 * 1000}')" \
+    >>"$WORK/results"
+}
+
+median() { # server path column -> median of that column over the rounds
+  awk -v s="$1" -v p="$2" -v c="$3" '$1 == s && $2 == p {print $c}' "$WORK/results" | sort -g |
+    awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'
 }
 
 echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency -s bench/server/push.lua URL   (moonops workers=$WORKERS, bare threads=$WORKERS)"
-printf '%-10s %-9s %12s %10s %8s\n' server path req/s p99 non-2xx
-run_wrk bare "$BARE_URL" "$WORK/filtered.json" filtered
-run_wrk moonops "$MO_URL" "$WORK/filtered.json" filtered
-run_wrk webhook "$WH_URL" "$WORK/filtered.json" filtered
-run_wrk moonops "$MO_URL" "$WORK/accepted.json" accepted
-run_wrk webhook "$WH_URL" "$WORK/accepted.json" accepted
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-5s %-10s %-9s %12s %10s %8s\n' round server path req/s p99 non-2xx
+: >"$WORK/results"
+for ROUND in $(seq "$ROUNDS"); do
+  run_wrk bare "$BARE_URL" "$WORK/filtered.json" filtered
+  run_wrk moonops "$MO_URL" "$WORK/filtered.json" filtered
+  run_wrk webhook "$WH_URL" "$WORK/filtered.json" filtered
+  run_wrk moonops "$MO_URL" "$WORK/accepted.json" accepted
+  run_wrk webhook "$WH_URL" "$WORK/accepted.json" accepted
+done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 sleep 1
 MO_RSS=$(rss_kb "$MO_PID")
 WH_RSS=$(rss_kb "$WH_PID")
 echo
-awk -v a="$RPS_moonops_filtered" -v b="$RPS_webhook_filtered" -v c="$RPS_bare_filtered" \
-  -v d="$RPS_moonops_accepted" -v e="$RPS_webhook_accepted" 'BEGIN {
+echo "medians of $ROUNDS rounds:"
+printf '%-10s %-9s %12s %10s\n' server path req/s p99-ms
+for line in "bare filtered" "moonops filtered" "webhook filtered" "moonops accepted" "webhook accepted"; do
+  set -- $line
+  printf '%-10s %-9s %12s %10s\n' "$1" "$2" "$(median "$1" "$2" 3)" "$(median "$1" "$2" 4)"
+done
+awk -v a="$(median moonops filtered 3)" -v b="$(median webhook filtered 3)" -v c="$(median bare filtered 3)" \
+  -v d="$(median moonops accepted 3)" -v e="$(median webhook accepted 3)" 'BEGIN {
   printf "filtered: moonops/webhook = %.2fx   moonops/bare libmicrohttpd = %.2f\n", a / b, a / c
   printf "accepted: moonops/webhook = %.2fx\n", d / e
 }'
 echo "RSS after the run: moonops $((MO_RSS / 1024)) MB, webhook $((WH_RSS / 1024)) MB"
+echo "moonops WAL: largest $(( $(cat "$WORK/wal.max" 2>/dev/null || echo 0) / 1024 )) KiB during the accepted runs, $(( $(stat -c %s "$WAL" 2>/dev/null || echo 0) / 1024 )) KiB after"
 DEPLOYS=$(python3 -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute('select count(*) from deliveries').fetchone()[0], c.execute('select count(*) from deployments').fetchone()[0])" "$WORK/ops/data/moonops.db")
 echo "moonops store after the run: deliveries, deployments = $DEPLOYS"

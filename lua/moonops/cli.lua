@@ -320,7 +320,8 @@ local function run_recipe(name, r, args, first, gopts)
     name = name .. " " .. cmd_name
     first = first + 1
     r = setmetatable({ options = specs, usage = cmd.usage, summary = cmd.summary,
-      max_args = cmd.max_args, description = cmd.description, commands = false }, { __index = r })
+      max_args = cmd.max_args, description = cmd.description, commands = false,
+      fast_exit = cmd.fast_exit }, { __index = r })
   end
   for i = first, #args do
     if args[i] == "--" then break end
@@ -336,7 +337,11 @@ local function run_recipe(name, r, args, first, gopts)
   end
   local ctx = M.context(name, gopts, positionals)
   ctx.command = cmd_name
-  return run(ctx, opts)
+  local code = run(ctx, opts)
+  -- `fast_exit`: nothing to close unless the command loaded the settings (and plugins)
+  -- or the store, so the process may end without freeing what it built
+  if r.fast_exit and rawget(ctx, "settings") == nil and rawget(ctx, "store") == nil then M.exit_now = true end
+  return code
 end
 
 local function cmd_version()
@@ -482,9 +487,12 @@ function M.main(argv)
   end, rest, 1, gopts))
   if results[1] then
     local code = results[2]
-    if code == nil or code == true then return 0 end
-    if code == false then return 1 end
-    return math.tointeger(code) or 1
+    code = (code == nil or code == true) and 0 or code == false and 1 or math.tointeger(code) or 1
+    if M.exit_now then
+      io.stdout:flush()
+      os.exit(code, false)
+    end
+    return code
   end
   local e = results[2]
   if errors.is(e) then

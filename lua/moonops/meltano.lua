@@ -12,7 +12,6 @@
 --   inherited    the resolved value of the inherit_from parent
 --   default      the `value` of a setting declared under `settings:`
 local config = require "moonops.config"
-local crypto = require "moonops.crypto"
 local errors = require "moonops.errors"
 local fs = require "moonops.fs"
 local json = require "moonops.json"
@@ -43,6 +42,8 @@ M.REDACTED = "(redacted)"
 
 local null = yaml.null
 local array_mt = yaml.array_mt
+local resolve_leaves, expand = config.resolve_leaves, config.expand
+local byte, find, match, sub = string.byte, string.find, string.match, string.sub
 
 -- Errors raised inside this module carry this marker so the public functions can
 -- turn them into `nil, message` without swallowing programming errors.
@@ -475,26 +476,28 @@ end
 -- Set a flattened name (dots separate keys, a backslash escapes the next character,
 -- as config.flatten writes them) in a nested table, replacing non-tables on the way.
 local function set_path(t, name, value)
-  local parts, buf = {}, {}
-  local i, n = 1, #name
-  while i <= n do
-    local c = name:sub(i, i)
-    if c == "\\" and i < n then
-      buf[#buf + 1] = name:sub(i + 1, i + 1)
-      i = i + 2
-    else
-      if c == "." then
-        parts[#parts + 1] = table.concat(buf)
-        buf = {}
-      else
-        buf[#buf + 1] = c
-      end
-      i = i + 1
-    end
+  if not find(name, "[%.\\]") then
+    t[name] = value
+    return
   end
-  parts[#parts + 1] = table.concat(buf)
-  for j = 1, #parts - 1 do
-    local p = parts[j]
+  local parts, buf, i, n = {}, "", 1, #name
+  while true do
+    local j = find(name, "[%.\\]", i)
+    if not j then break end
+    if byte(name, j) == 46 then
+      parts[#parts + 1] = buf .. sub(name, i, j - 1)
+      buf = ""
+    elseif j < n then -- a backslash takes the next character literally
+      buf = buf .. sub(name, i, j - 1) .. sub(name, j + 1, j + 1)
+      j = j + 1
+    else
+      buf = buf .. sub(name, i, j)
+    end
+    i = j + 1
+  end
+  parts[#parts + 1] = buf .. sub(name, i)
+  for k = 1, #parts - 1 do
+    local p = parts[k]
     if not is_map(t[p]) then t[p] = {} end
     t = t[p]
   end
@@ -508,10 +511,9 @@ local function env_text(v)
   return tostring(v)
 end
 
-local function copy(t)
-  local out = {}
-  for k, v in pairs(t) do out[k] = v end
-  return out
+-- A table that reads through to `t` where it has no key of its own.
+local function over(t)
+  return setmetatable({}, { __index = t })
 end
 
 -- The prefixes (up to each "_") of every variable name, so a plugin whose
@@ -567,8 +569,35 @@ end
 
 local function hash_of(value)
   local text = type(value) == "string" and ("s:" .. value) or ("j:" .. json.encode(value))
-  return crypto.digest("sha256", text)
+  return require("moonops.crypto").digest("sha256", text)
 end
+
+-- Sensitive settings: `hash` is computed on first use (most callers never compare
+-- secrets), from the value kept aside in a weak table.
+local secret_values = setmetatable({}, { __mode = "k" })
+local Secret = {
+  __index = function(s, k)
+    if k ~= "hash" then return nil end
+    local h = hash_of(secret_values[s])
+    rawset(s, "hash", h)
+    return h
+  end,
+}
+
+-- Does table `t` hold a string with a `$` (at any depth)? Only then does it need expanding.
+local function has_dollar(t, depth)
+  if depth > 100 then return true end -- config.expand reports tables that deep
+  for _, x in pairs(t) do
+    local tx = type(x)
+    if (tx == "string" and find(x, "$", 1, true)) or (tx == "table" and has_dollar(x, depth + 1)) then
+      return true
+    end
+  end
+  return false
+end
+
+-- Layers whose string values get $VAR expansion.
+local EXPANDED = { environment = true, base = true, default = true }
 
 local resolve_plugin
 
@@ -608,7 +637,7 @@ resolve_plugin = function(rc, plugin, stack)
   plugin_env_blocks(rc, plugin, blocks)
   local full, vars, prefixes = rc.full, rc.vars, rc.prefixes
   if #blocks > 0 then
-    full, vars, prefixes = copy(rc.full), copy(rc.vars), copy(rc.prefixes)
+    full, vars, prefixes = over(rc.full), over(rc.vars), over(rc.prefixes)
     apply_blocks(rc, blocks, full, vars, prefixes)
   end
 
@@ -638,7 +667,7 @@ resolve_plugin = function(rc, plugin, stack)
       for k, l in pairs(lines) do hints.base[k] = hints.base[k] or (plugin.file .. ":" .. l) end
     end
   end
-  if parent_res and has_entries(parent_res.flat) then
+  if parent_res and #parent_res.names > 0 then
     layers[#layers + 1] = { name = "inherited", value = parent_res.value(), file = parent.file }
   end
   local defaults, default_origin
@@ -652,19 +681,14 @@ resolve_plugin = function(rc, plugin, stack)
   end
   if defaults then layers[#layers + 1] = { name = "default", value = defaults, file = plugin.file } end
 
-  local value, sources
-  if #layers > 0 then
-    value, sources = config.resolve(layers)
-  else
-    value, sources = {}, {}
-  end
+  local names, values, from, origins = resolve_leaves(layers)
 
   -- environment variables: <PLUGIN_NAME>_<SETTING>
   local prefix = M.var_name(plugin.name) .. "_"
   local env_origin
   if prefixes[prefix] then
     local candidates = {}
-    for name in pairs(sources) do candidates[name] = true end
+    for _, name in ipairs(names) do candidates[name] = true end
     for name in pairs(decls) do candidates[name] = true end
     for _, l in ipairs(layers) do
       for k in pairs(l.value) do
@@ -710,13 +734,11 @@ resolve_plugin = function(rc, plugin, stack)
       if by_source.env then env_layers[#env_layers + 1] = { name = "env", value = by_source.env, file = "env" } end
       for _, l in ipairs(layers) do env_layers[#env_layers + 1] = l end
       layers = env_layers
-      value, sources = config.resolve(layers)
+      names, values, from, origins = resolve_leaves(layers)
     end
   end
 
   -- settings, sorted by name
-  local flat, names = config.flatten(value)
-  table.sort(names)
   local sensitive_decls
   for name, d in pairs(decls) do
     if is_sensitive_decl(d.decl) then
@@ -724,26 +746,27 @@ resolve_plugin = function(rc, plugin, stack)
       sensitive_decls[#sensitive_decls + 1] = name
     end
   end
+  local unsafe, expand_opts = rc.unsafe, rc.expand_opts
   local settings = setmetatable({}, array_mt)
-  for _, name in ipairs(names) do
-    local v = flat[name]
-    local src = sources[name] or {}
-    local source, origin = src.layer, src.origin
+  for i = 1, #names do
+    local name, v, layer, origin = names[i], values[i], layers[from[i]], origins[i]
+    local source = layer.name
     -- $VAR expansion: config values from the files; extras (select, metadata, ...)
     -- are stream patterns where `$` is literal (`default$default-users.*`)
-    if (source == "environment" or source == "base" or source == "default") and name:byte(1) ~= 95 then
-      if type(v) == "table" or (type(v) == "string" and v:find("$", 1, true)) then
-        local expanded, err = config.expand(v, full, { strict = rc.strict })
+    if EXPANDED[source] and byte(name, 1) ~= 95 then
+      local tv = type(v)
+      if (tv == "string" and find(v, "$", 1, true)) or (tv == "table" and has_dollar(v, 0)) then
+        local expanded, err = expand(v, full, expand_opts)
         if expanded == nil then
           fail("%s: %s %s setting %s: %s", origin or plugin.where, plugin.type, plugin.name, name, tostring(err))
         end
         v = expanded
-        flat[name] = v
+        values[i] = v
       end
     end
     if source == "env" or source == "dotenv" then
-      for i = #env_origin, 1, -1 do
-        local e = env_origin[i]
+      for j = #env_origin, 1, -1 do
+        local e = env_origin[j]
         if e.name == name or name:sub(1, #e.name + 1) == e.name .. "." then
           origin = e.origin
           break
@@ -759,33 +782,42 @@ resolve_plugin = function(rc, plugin, stack)
           if name:sub(1, #dn + 1) == dn .. "." then origin = o end
         end
       end
-    elseif hints[source] and origin and not origin:find(":%d+$") then
-      local top = name:match("^([^.]*)")
+    elseif hints[source] and origin == layer.file then -- no line: the extra's key has it
+      local top = match(name, "^([^.]*)")
       origin = hints[source][top] or origin
     end
-    local sensitive = name_is_sensitive(name)
+    local sensitive = sensitive_names[name]
+    if sensitive == nil then sensitive = name_is_sensitive(name) end
     if not sensitive and sensitive_decls then
       for _, dn in ipairs(sensitive_decls) do
-        if name == dn or name:sub(1, #dn + 1) == dn .. "." then
+        local n = #dn
+        if name == dn or (byte(name, n + 1) == 46 and sub(name, 1, n) == dn) then -- dn or dn.*
           sensitive = true
           break
         end
       end
     end
-    local s = {
-      name = name,
-      source = source,
-      origin = origin,
-      sensitive = sensitive,
-      redacted = sensitive and not rc.unsafe,
-    }
     if sensitive then
-      s.hash = hash_of(v)
-      s.value = rc.unsafe and v or M.REDACTED
+      local s = setmetatable({
+        name = name,
+        value = unsafe and v or M.REDACTED,
+        source = source,
+        origin = origin,
+        sensitive = true,
+        redacted = not unsafe,
+      }, Secret)
+      secret_values[s] = v
+      settings[i] = s
     else
-      s.value = v
+      settings[i] = {
+        name = name,
+        value = v,
+        source = source,
+        origin = origin,
+        sensitive = false,
+        redacted = false,
+      }
     end
-    settings[#settings + 1] = s
   end
 
   stack[plugin] = nil
@@ -793,7 +825,8 @@ resolve_plugin = function(rc, plugin, stack)
   local res = {
     plugin = plugin,
     settings = settings,
-    flat = flat,
+    names = names,
+    values = values,
     decls = decls,
     blocks = { table.unpack(blocks) },
   }
@@ -801,7 +834,11 @@ resolve_plugin = function(rc, plugin, stack)
   -- when a child inherits them
   local nested, by_name
   function res.value()
-    nested = nested or config.nest(flat)
+    if not nested then
+      local flat = {}
+      for i = 1, #names do flat[names[i]] = values[i] end
+      nested = config.nest(flat)
+    end
     return nested
   end
   function res.by_name()
@@ -835,6 +872,7 @@ local function resolve_all(project, opts)
     dotenv_lines = project.dotenv_lines,
     done = {},
   }
+  rc.expand_opts = { strict = rc.strict }
   -- the expansion environment: built-ins < process < .env < env blocks
   local full = { MELTANO_PROJECT_ROOT = project.dir }
   if environment then full.MELTANO_ENVIRONMENT = environment.name end
@@ -893,8 +931,9 @@ end
 -- strict (a missing $VAR is an error), unsafe (show sensitive values), plugin (only
 -- plugins of that name).
 -- Returns {environment=, plugins={{type=, name=, settings={{name=, value=, source=,
--- origin=, redacted=, sensitive=, hash=}}}}} or nil, message. `hash` (sha256) is set
--- for sensitive settings, so they can be compared without being shown.
+-- origin=, redacted=, sensitive=, hash=}}}}} or nil, message. `hash` (sha256) is there
+-- for sensitive settings (computed when first read), so they can be compared without
+-- being shown.
 function M.resolve(project, opts)
   return protect(resolve_all, project, opts or {})
 end

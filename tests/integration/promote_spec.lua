@@ -221,10 +221,66 @@ describe("moonops promote", function()
     local out = json.decode(r.stdout)
     assert.equal("pushed", out.status)
     assert.matches("^refs/moonops/backup/", out.backup_ref)
-    assert.same({ { path = "f", change = "modified" } }, out.files)
+    assert.equal(1, #out.files)
+    assert.same({ "f", "modified", "source" }, { out.files[1].path, out.files[1].change, out.files[1].hunks[1].from })
     assert.equal("kept", T.read(copy .. "/.git/marker"))
     assert.equal(out.commit, sb.git(copy, "git rev-parse HEAD"))
     assert.equal("source\n", T.read(copy .. "/f"))
+  end)
+
+  it("marks which hunks came from the source, keeping the target's own change", function()
+    local sb = sandbox()
+    local lines = {}
+    for i = 1, 30 do lines[i] = "line " .. i end
+    local text = table.concat(lines, "\n") .. "\n"
+    build(sb, { base = { f = text, g = "g\n" },
+      -- the source changes lines 3 and 25 of f and g; the target changes line 5 of f only
+      src = { { f = text:gsub("line 3\n", "line 3 from source\n"):gsub("line 25\n", "line 25 from source\n"),
+        g = "g from source\n" } },
+      dst = { { f = text:gsub("line 5\n", "line 5 from target\n") } } })
+    local src, dst = sb.srv .. "/src.git", sb.srv .. "/dst-moonops.git"
+    local r = sb.moonops({ "promote", "--from", src, "--to", dst, "--dry-run", "--json" })
+    assert.equal(0, r.code, r.stderr)
+    local by = {}
+    for _, f in ipairs(json.decode(r.stdout).files) do by[f.path] = f end
+    -- line 3 shares a hunk with the target's kept line 5; line 25 is the source's alone
+    assert.same({ { old_start = 1, old_lines = 6, new_start = 1, new_lines = 6, additions = 1, deletions = 1, from = "both" },
+      { old_start = 22, old_lines = 7, new_start = 22, new_lines = 7, additions = 1, deletions = 1, from = "source" } },
+      by.f.hunks)
+    -- a file the target did not touch: all of it from the source
+    assert.same({ { old_start = 1, old_lines = 1, new_start = 1, new_lines = 1, additions = 1, deletions = 1,
+      from = "source" } }, by.g.hunks)
+    -- the ranges are git's own
+    local merged = sb.root .. "/merged"
+    sb.git(sb.root, "git clone -q " .. T.q(dst) .. " merged && cd merged && git remote add src " .. T.q(src)
+      .. " && git -c pull.rebase=false pull -q --no-edit -X theirs src main")
+    assert.matches("@@ %-1,6 %+1,6 @@.*@@ %-22,7 %+22,7 @@", (sb.git(merged, "git diff HEAD~1 HEAD -- f"):gsub("\n", " ")))
+    -- text: ranges always, the hunk text with --diff
+    r = sb.moonops({ "promote", "--from", src, "--to", dst, "--dry-run" })
+    assert.matches("@@ -1,6 +1,6 @@ from source and target (+1 -1)", r.stdout, 1, true)
+    assert.matches("@@ -22,7 +22,7 @@ from source (+1 -1)", r.stdout, 1, true)
+    assert.is_nil(r.stdout:find("+line 25 from source", 1, true))
+    r = sb.moonops({ "promote", "--from", src, "--to", dst, "--dry-run", "--diff" })
+    assert.matches("\n        %-line 25\n        %+line 25 from source\n", r.stdout)
+    assert.matches("\n         line 5 from target\n", r.stdout)
+  end)
+
+  it("marks every hunk of a fast-forward and of unrelated histories as the source's", function()
+    for _, sc in ipairs({ { base = { f = "1\n2\n" }, src = { { f = "1\nTWO\n", bin = "\0\1" } } },
+      { unrelated = true, src_init = { f = "source\n" }, dst_init = { f = "target\n", t = "t\n" } } }) do
+      local sb = sandbox()
+      build(sb, sc)
+      local r = sb.moonops({ "promote", "--from", sb.srv .. "/src.git", "--to", sb.srv .. "/dst-moonops.git", "--dry-run",
+        "--json" })
+      assert.equal(0, r.code, r.stderr)
+      local files = json.decode(r.stdout).files
+      assert.is_true(#files > 0)
+      for _, f in ipairs(files) do
+        if f.binary then assert.equal("source", f.from) end
+        for _, h in ipairs(f.hunks) do assert.equal("source", h.from) end
+      end
+      T.cleanup()
+    end
   end)
 
   it("refuses to push without --yes when stdin is not a terminal", function()

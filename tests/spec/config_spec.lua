@@ -262,6 +262,89 @@ environments:
       assert.has_error(function() config.resolve({ { file = {}, value = {} } }) end)
       assert.has_error(function() config.resolve(nil) end)
     end)
+
+    -- resolve_leaves must give exactly what flatten(resolve(layers)) gives, sorted by name
+    local function same_as_resolve(ls)
+      local value, sources = config.resolve(ls)
+      local flat, expected = config.flatten(value)
+      table.sort(expected)
+      local names, values, from, origins = config.resolve_leaves(ls)
+      assert.same(expected, names)
+      for i, name in ipairs(names) do
+        assert.equal(canon(flat[name]), canon(values[i]), name)
+        assert.equal(sources[name].layer, ls[from[i]].name, name)
+        assert.equal(sources[name].origin, origins[i], name)
+      end
+      return names, values, from, origins
+    end
+
+    it("resolve_leaves gives the flattened leaves of resolve, sorted, with layer and origin", function()
+      local ls = layers()
+      local names, _, from, origins = same_as_resolve(ls)
+      assert.same({ "client_id", "domain", "hidden", "nothing", "select_list", "stream_maps.users.email",
+        "stream_maps.users.name" }, names)
+      assert.same({ 1, 2, 2, 2, 2, 2, 3 }, from)
+      assert.is_nil(origins[1]) -- the env layer has no file and no yaml provenance
+      assert.equal("meltano.yml:12", origins[6])
+    end)
+
+    it("resolve_leaves agrees with resolve on generated layers", function()
+      local keys = { "a", "b", "c.d", "e\\f", "1" }
+      local seed = 7
+      local function rand(n) -- a small deterministic generator, independent of math.random
+        seed = (seed * 1103515245 + 12345) % 2147483648
+        return seed % n + 1
+      end
+      local function gen(depth)
+        local t = {}
+        for _ = 1, rand(4) - 1 do
+          local k, kind = keys[rand(#keys)], rand(depth < 3 and 7 or 5)
+          if kind == 1 then t[k] = rand(100)
+          elseif kind == 2 then t[k] = "s" .. rand(9)
+          elseif kind == 3 then t[k] = yaml.null
+          elseif kind == 4 then t[k] = json.array({ rand(9), "x" })
+          elseif kind == 5 then t[k] = {}
+          else t[k] = gen(depth + 1) end
+        end
+        return t
+      end
+      for case = 1, 300 do
+        local ls = {}
+        for i = 1, rand(4) do
+          local v = gen(1)
+          -- half of the layers come from YAML text, so their leaves have lines
+          if rand(2) == 1 then v = load(yaml.dump(v), "l" .. i .. ".yml") end
+          ls[i] = { name = "layer" .. i, value = v, file = rand(3) == 1 and ("f" .. i .. ".yml") or nil }
+        end
+        local ok, err = pcall(same_as_resolve, ls)
+        if not ok then error("case " .. case .. ": " .. tostring(err), 0) end
+      end
+    end)
+
+    it("resolve_leaves hands back the layers' own lists, and grows past many leaves", function()
+      local list = json.array({ 1, 2 })
+      local _, values = config.resolve_leaves({ { name = "x", value = { l = list } } })
+      assert.equal(list, values[1])
+      local big = {}
+      for i = 1, 1000 do big[string.format("k%04d", i)] = { v = i } end
+      local names, vals = same_as_resolve({ { name = "a", value = big }, { name = "b", value = { k0001 = { w = 0 } } } })
+      assert.equal(1001, #names)
+      assert.equal("k0001.v", names[1])
+      assert.equal(1, vals[1])
+      assert.equal("k0001.w", names[2])
+    end)
+
+    it("resolve_leaves gives nothing for no mapping, and raises for malformed layers", function()
+      assert.same({}, (config.resolve_leaves({ { name = "x" }, { name = "y", value = yaml.null } })))
+      assert.same({}, (config.resolve_leaves({ { name = "x", value = {} }, { name = "y", value = { a = 1 } } })))
+      assert.has_error(function() config.resolve_leaves({ "x" }) end)
+      assert.has_error(function() config.resolve_leaves({ { file = {}, value = {} } }) end)
+      assert.has_error(function() config.resolve_leaves(nil) end)
+      local many = {}
+      for i = 1, 65 do many[i] = { value = {} } end
+      assert.has_error(function() config.resolve_leaves(many) end,
+        "bad argument #1 to 'resolve_leaves' (too many layers (at most 64))")
+    end)
   end)
 
   describe("expand", function()

@@ -217,6 +217,72 @@ describe("moonops.git", function()
       assert.equal(4, #repo:diff(nil, "HEAD~1"))
     end)
 
+    it("diffs with hunks and lines, limited to paths, with context as asked", function()
+      local sb = sandbox()
+      local lines = {}
+      for i = 1, 20 do lines[i] = "line " .. i end
+      local text = table.concat(lines, "\n") .. "\n"
+      local dir = sb.repo("w", { f = text, other = "x\n", img = "\0\1\2" })
+      sb.commit(dir, { f = text:gsub("line 3\n", "THREE\n"):gsub("line 18\n", ""), other = "y\n", img = "\0\1\3" })
+      local repo <close> = assert(git.open(dir))
+      local d = assert(repo:diff("HEAD~1", "HEAD", { lines = true, paths = { "f", "img" } }))
+      table.sort(d, function(a, b) return a.path < b.path end)
+      assert.same({ "f", "img" }, { d[1].path, d[2].path })
+      local f = d[1]
+      assert.equal(2, #f.hunks)
+      local h1, h2 = f.hunks[1], f.hunks[2]
+      assert.same({ 1, 6, 1, 6, 1, 1 }, { h1.old_start, h1.old_lines, h1.new_start, h1.new_lines, h1.additions, h1.deletions })
+      assert.equal("@@ -1,6 +1,6 @@", h1.header)
+      assert.same({ origin = "-", old_line = 3, text = "line 3" }, h1.lines[3])
+      assert.same({ origin = "+", new_line = 3, text = "THREE" }, h1.lines[4])
+      assert.same({ origin = " ", old_line = 1, new_line = 1, text = "line 1" }, h1.lines[1])
+      assert.same({ 15, 6, 15, 5, 0, 1 }, { h2.old_start, h2.old_lines, h2.new_start, h2.new_lines, h2.additions, h2.deletions })
+      -- a binary file has no hunks
+      assert.is_true(d[2].binary)
+      assert.same({}, d[2].hunks)
+      -- without context each change is its own hunk; without lines= there are no lines
+      local z = assert(repo:diff("HEAD~1", "HEAD", { hunks = true, context = 0, paths = { "f" } }))
+      assert.equal(1, #z)
+      assert.same({ 3, 1, 3, 1 }, { z[1].hunks[1].old_start, z[1].hunks[1].old_lines, z[1].hunks[1].new_start,
+        z[1].hunks[1].new_lines })
+      assert.same({ 18, 1, 17, 0 }, { z[1].hunks[2].old_start, z[1].hunks[2].old_lines, z[1].hunks[2].new_start,
+        z[1].hunks[2].new_lines })
+      assert.is_nil(z[1].hunks[1].lines)
+      -- the git CLI agrees on the ranges
+      assert.matches("@@ %-3 %+3 @@.*@@ %-18 %+17,0 @@", sb.git(dir, "git diff -U0 HEAD~1 HEAD -- f"):gsub("\n", " "))
+      -- an empty path list selects nothing; a path that did not change gives nothing
+      assert.same({}, repo:diff("HEAD~1", "HEAD", { hunks = true, paths = {} }))
+      assert.same({}, repo:diff("HEAD~1", "HEAD", { hunks = true, paths = { "nope" } }))
+      assert.has_error(function() repo:diff("HEAD~1", "HEAD", { context = -1 }) end)
+      assert.has_error(function() repo:diff("HEAD~1", "HEAD", { paths = { 1 } }) end)
+    end)
+
+    it("fetches from a local path by sharing its packs and loose objects, as git clone --local does", function()
+      local sb = sandbox()
+      local src = sb.repo("src", { a = "1\n" })
+      sb.git(src, "git gc -q")
+      local tip = sb.commit(src, { a = "2\n", b = "loose\n" }) -- loose objects on top of a pack
+      local dst = sb.root .. "/dst"
+      local repo <close> = assert(git.init(dst, { bare = true }))
+      assert.is_true(repo:fetch(src, { "+refs/heads/main:refs/remotes/src/main" }))
+      assert.equal(tip, repo:resolve("refs/remotes/src/main"))
+      local pack = sb.git(src, "ls .git/objects/pack/*.pack"):match("[^/]+%.pack$")
+      -- the pack is the same file (hard link), not a rebuilt one
+      assert.equal(sb.git(src, "stat -c %i .git/objects/pack/" .. pack), sb.git(dst, "stat -c %i objects/pack/" .. pack))
+      assert.equal("", sb.git(dst, "git fsck --connectivity-only --no-dangling refs/remotes/src/main 2>&1"
+        .. " | grep -v -e '^Checking' -e '^notice' || true"))
+      assert.equal("2\n", repo:read(tip, "a"))
+      -- a file:// URL too, and share_local=false goes through libgit2's own pack
+      local tip2 = sb.commit(src, { c = "3\n" })
+      local plain = sb.root .. "/plain"
+      local r2 <close> = assert(git.init(plain, { bare = true }))
+      assert.is_true(r2:fetch("file://" .. src, { "+refs/heads/main:refs/remotes/src/main" }, { share_local = false }))
+      assert.equal(tip2, r2:resolve("refs/remotes/src/main"))
+      assert.equal("", sb.git(plain, "ls objects/pack | grep -F " .. T.q(pack) .. " || true"))
+      assert.is_true(repo:fetch("file://" .. src, { "+refs/heads/main:refs/remotes/src/main" }))
+      assert.equal(tip2, repo:resolve("refs/remotes/src/main"))
+    end)
+
     it("commits the work tree and moves refs only when they are where expected", function()
       local sb = sandbox()
       local dir = sb.repo("w", { f = "1" })

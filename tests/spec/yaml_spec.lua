@@ -239,6 +239,40 @@ environments: [dev,
       assert.has_error(function() yaml.keys("x") end)
       assert.has_error(function() yaml.line(nil, "a") end)
     end)
+
+    it("keeps order and lines in long nested mappings and sequences", function()
+      -- long enough that the loader moves entries into their tables in several batches
+      local lines = { "top:" }
+      for i = 1, 700 do lines[#lines + 1] = ("  k%d: {n: %d, l: [%d]}"):format(i, i, i) end
+      lines[#lines + 1] = "list:"
+      for i = 1, 900 do lines[#lines + 1] = ("- {i: %d}"):format(i) end
+      lines[#lines + 1] = "after: 1"
+      local v = assert(yaml.load(table.concat(lines, "\n")))
+      local keys = yaml.keys(v.top)
+      assert.equal(700, #keys)
+      for i = 1, 700 do
+        assert.equal("k" .. i, keys[i])
+        assert.equal(i + 1, yaml.line(v.top, "k" .. i))
+        assert.same({ n = i, l = { i } }, v.top["k" .. i])
+      end
+      assert.equal(900, #v.list)
+      for i = 1, 900 do
+        assert.equal(i, v.list[i].i)
+        assert.equal(702 + i, yaml.line(v.list, i))
+      end
+      assert.same({ "top", "list", "after" }, yaml.keys(v))
+      assert.equal(1603, yaml.line(v, "after"))
+    end)
+
+    it("finds a duplicate key far into a long mapping", function()
+      local lines = {}
+      for i = 1, 600 do lines[#lines + 1] = ("k%d: %d"):format(i, i) end
+      lines[#lines + 1] = "  # a comment"
+      lines[#lines + 1] = "k300: again"
+      local v, err = yaml.load(table.concat(lines, "\n"), "big.yml")
+      assert.is_nil(v)
+      assert.equal('big.yml:602:1: duplicate key "k300" (first defined on line 300)', err)
+    end)
   end)
 
   describe("anchors, aliases and merge keys", function()
