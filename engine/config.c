@@ -641,77 +641,92 @@ static int config_flatten(lua_State *L) {
   return 2;
 }
 
-/* Push the segments of a flattened name as an array of strings. */
-static void split_name(lua_State *L, const char *s, size_t len) {
-  luaL_Buffer b;
-  lua_newtable(L);
-  int parts = lua_gettop(L);
-  lua_Integer n = 0;
-  luaL_buffinit(L, &b);
-  for (size_t i = 0; i < len; i++) {
+/* End of the segment of a flattened name starting at `from` (an unescaped dot or len). */
+static size_t segment_end(const char *s, size_t len, size_t from, int *escaped) {
+  size_t i = from;
+  *escaped = 0;
+  while (i < len && s[i] != '.') {
     if (s[i] == '\\' && i + 1 < len) {
-      luaL_addchar(&b, s[++i]);
-    } else if (s[i] == '.') {
-      luaL_pushresult(&b);
-      lua_rawseti(L, parts, ++n);
-      luaL_buffinit(L, &b);
-    } else {
-      luaL_addchar(&b, s[i]);
+      *escaped = 1;
+      i++;
     }
+    i++;
   }
-  luaL_pushresult(&b);
-  lua_rawseti(L, parts, ++n);
+  return i;
 }
 
-/* config.nest(flat) -> nested table | nil, err */
+/* Push the segment s[from, to) with its escapes removed. */
+static void push_segment(lua_State *L, const char *s, size_t from, size_t to, int escaped) {
+  if (!escaped) {
+    lua_pushlstring(L, s + from, to - from);
+    return;
+  }
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (size_t i = from; i < to; i++) {
+    if (s[i] == '\\' && i + 1 < to) i++;
+    luaL_addchar(&b, s[i]);
+  }
+  luaL_pushresult(&b);
+}
+
+/* config.nest(flat [, names]) -> nested table | nil, err
+ * names: the flattened names to take, in that order (default: every key of flat, sorted,
+ * so "a" comes before "a.b") */
 static int config_nest(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
-  lua_settop(L, 1);
-  lua_newtable(L); /* 2: result */
-  lua_newtable(L); /* 3: tables made here (safe to extend) */
-  lua_pushvalue(L, 2);
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_newtable(L); /* 3: result */
+  lua_newtable(L); /* 4: tables made here (safe to extend) */
+  lua_pushvalue(L, 3);
   lua_pushboolean(L, 1);
-  lua_rawset(L, 3);
-  mo_yaml_push_key_list(L, 1); /* 4: names, sorted, so "a" comes before "a.b" */
-  lua_Integer nk = (lua_Integer)lua_rawlen(L, 4);
+  lua_rawset(L, 4);
+  if (lua_isnil(L, 2)) {
+    mo_yaml_push_key_list(L, 1); /* names, sorted */
+    lua_replace(L, 2);
+  }
+  lua_Integer nk = (lua_Integer)lua_rawlen(L, 2);
   for (lua_Integer k = 1; k <= nk; k++) {
-    if (lua_rawgeti(L, 4, k) != LUA_TSTRING)
+    if (lua_rawgeti(L, 2, k) != LUA_TSTRING)
       return luaL_argerror(L, 1, "flattened names must be strings");
-    int name = lua_gettop(L);
+    int name = lua_gettop(L); /* 5 */
     size_t len;
     const char *s = lua_tolstring(L, name, &len);
-    split_name(L, s, len);
-    int parts = lua_gettop(L);
-    lua_Integer np = (lua_Integer)lua_rawlen(L, parts);
-    lua_pushvalue(L, 2);
-    for (lua_Integer i = 1; i < np; i++) {
-      int cur = lua_gettop(L);
-      lua_rawgeti(L, parts, i);
+    lua_pushvalue(L, 3); /* 6: the table the next segment goes into */
+    int cur = name + 1;
+    size_t from = 0;
+    int escaped;
+    size_t to = segment_end(s, len, from, &escaped);
+    while (to < len) { /* every segment but the last: descend, making tables on the way */
+      push_segment(L, s, from, to, escaped);
       lua_pushvalue(L, -1);
       int t = lua_rawget(L, cur);
-      int ours = 0;
-      if (t == LUA_TTABLE) {
-        lua_pushvalue(L, -1);
-        ours = lua_rawget(L, 3) != LUA_TNIL;
-        lua_pop(L, 1);
-      }
       if (t == LUA_TNIL) {
         lua_pop(L, 1);
         lua_newtable(L);
         lua_pushvalue(L, -1);
         lua_pushboolean(L, 1);
-        lua_rawset(L, 3);
+        lua_rawset(L, 4);
         lua_pushvalue(L, -2);
         lua_pushvalue(L, -2);
         lua_rawset(L, cur);
-      } else if (!ours) {
-        return mo_fail(L, "config.nest: \"%s\" goes inside a value that is not a mapping", s);
+      } else {
+        int ours = 0;
+        if (t == LUA_TTABLE) {
+          lua_pushvalue(L, -1);
+          ours = lua_rawget(L, 4) != LUA_TNIL;
+          lua_pop(L, 1);
+        }
+        if (!ours)
+          return mo_fail(L, "config.nest: \"%s\" goes inside a value that is not a mapping", s);
       }
-      lua_replace(L, cur); /* descend: the child replaces cur; the key below it is dropped */
+      lua_replace(L, cur); /* descend: the child replaces cur; the key above it is dropped */
       lua_settop(L, cur);
+      from = to + 1;
+      to = segment_end(s, len, from, &escaped);
     }
-    int cur = lua_gettop(L);
-    lua_rawgeti(L, parts, np);
+    push_segment(L, s, from, to, escaped);
     int last = lua_gettop(L);
     lua_pushvalue(L, last);
     if (lua_rawget(L, cur) != LUA_TNIL)
@@ -725,14 +740,14 @@ static int config_nest(lua_State *L) {
       lua_newtable(L);
       lua_pushvalue(L, -1);
       lua_pushboolean(L, 1);
-      lua_rawset(L, 3);
+      lua_rawset(L, 4);
     }
     lua_pushvalue(L, last);
     lua_insert(L, -2);
     lua_rawset(L, cur);
     lua_settop(L, 4);
   }
-  lua_settop(L, 2);
+  lua_settop(L, 3);
   return 1;
 }
 

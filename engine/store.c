@@ -39,7 +39,7 @@
 #define STORE_MT "moonops.store"
 #define STORE_CACHE 24
 #define STORE_DEFAULT_BUSY_MS 5000
-#define STORE_CHECKPOINT_PAGES 1000        /* SQLite's own autocheckpoint default */
+#define STORE_CHECKPOINT_PAGES 1000       /* SQLite's own autocheckpoint default */
 #define STORE_WAL_LIMIT (8 * 1024 * 1024) /* journal_size_limit: the WAL is cut back to this */
 
 /* The writer lock of one database file (by device and inode), shared by every

@@ -837,7 +837,7 @@ resolve_plugin = function(rc, plugin, stack)
     if not nested then
       local flat = {}
       for i = 1, #names do flat[names[i]] = values[i] end
-      nested = config.nest(flat)
+      nested = config.nest(flat, names) -- names are sorted already
     end
     return nested
   end

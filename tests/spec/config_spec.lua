@@ -126,6 +126,17 @@ describe("moonops.config", function()
       assert.is_nil(next(empty))
     end)
 
+    it("nests only the names given, in their order", function()
+      local flat = { ["a.b"] = 1, ["a.c\\.d"] = 2, x = 3, ["y\\\\z"] = 4 }
+      assert.same({ a = { b = 1, ["c.d"] = 2 } }, assert(config.nest(flat, { "a.b", "a.c\\.d" })))
+      assert.same({ x = 3, ["y\\z"] = 4, a = { b = 1, ["c.d"] = 2 } },
+        assert(config.nest(flat, { "x", "y\\\\z", "a.c\\.d", "a.b" })))
+      local _, err = config.nest({ a = 1, ["a.b"] = 2 }, { "a.b", "a" })
+      assert.equal('config.nest: "a" is given twice (as a value and as a mapping)', err)
+      assert.has_error(function() config.nest(flat, "a.b") end)
+      assert.has_error(function() config.nest(flat, { 1 }) end)
+    end)
+
     it("reports names that conflict", function()
       local n, err = config.nest({ a = 1, ["a.b"] = 2 })
       assert.is_nil(n)

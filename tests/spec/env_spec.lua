@@ -119,6 +119,52 @@ describe("moonops env", function()
       assert.are.equal("target-jsonl", doc.plugins[2].name)
     end)
 
+    it("writes exactly what the general JSON encoder writes, escapes included", function()
+      local dir = T.tmpdir()
+      T.write(dir .. "/meltano.yml", table.concat({
+        "include_paths: ['./more/*.yml']",
+        "plugins:",
+        "  extractors:",
+        "  - name: tap-plain",
+        "    config: {host: db, port: 5432, ratio: 1.5, on: true, off: false, none: null, empty: {}}",
+        "    select: [a.*, b.*]",
+        "  - name: tap-odd",
+        "    config:",
+        [[      quote: "say \"hi\""]],
+        [[      backslash: 'C:\dir\file']],
+        [[      lines: "one\ntwo\tthree"]],
+        [[      control: "bell\x07 del\x7f"]],
+        "      accent: café",
+        "      slash: a/b",
+        "      mixed: [1, \"x\\\"y\", true, {k: v}]",
+        "    metadata: {s: {replication-key: \"k\\\\1\"}}",
+        "",
+      }, "\n"))
+      T.write(dir .. "/more/we\"ird\\name.yml", "plugins:\n  loaders:\n  - name: target-odd\n    config: {path: out}\n")
+      local r = run({ "env", "show", "--project", dir, "--json" })
+      assert.are.equal(0, r.code, r.stderr)
+      assert.are.equal(json.pretty(json.decode(r.stdout)), r.stdout)
+      local doc = json.decode(r.stdout)
+      local by = {}
+      for _, p in ipairs(doc.plugins) do
+        by[p.name] = {}
+        for _, st in ipairs(p.settings) do by[p.name][st.name] = st end
+      end
+      assert.are.equal('say "hi"', by["tap-odd"].quote.value)
+      assert.are.equal("C:\\dir\\file", by["tap-odd"].backslash.value)
+      assert.are.equal("one\ntwo\tthree", by["tap-odd"].lines.value)
+      assert.are.equal("bell\7 del\127", by["tap-odd"].control.value)
+      assert.are.equal("café", by["tap-odd"].accent.value)
+      assert.are.equal("a/b", by["tap-odd"].slash.value)
+      assert.are.same({ 1, 'x"y', true, { k = "v" } }, by["tap-odd"].mixed.value)
+      assert.are.equal("k\\1", by["tap-odd"]["_metadata.s.replication-key"].value)
+      assert.are.equal('more/we"ird\\name.yml:4', by["target-odd"].path.origin)
+      assert.are.equal(1.5, by["tap-plain"].ratio.value)
+      assert.are.equal(json.null, by["tap-plain"].none.value)
+      assert.are.same({ "a.*", "b.*" }, by["tap-plain"]._select.value)
+      assert.is_nil(r.stdout:find("\7", 1, true))
+    end)
+
     it("shows sensitive values with --unsafe", function()
       local dir = make_project()
       local r = run({ "env", "show", "--project", dir, "--environment", "prod", "--json", "--unsafe" },
