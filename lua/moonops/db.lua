@@ -193,4 +193,32 @@ function M.open(data_dir, opts)
   return db
 end
 
+--- Store calls that raise their error instead of returning nil, err (busy, constraint):
+-- for code where a failed statement must abort the whole operation.
+M.must = {}
+
+function M.must.exec(db, sql, ...)
+  local n, err = db:exec(sql, ...)
+  if n == nil then error(err, 0) end
+  return n
+end
+
+function M.must.one(db, sql, ...)
+  local row, err = db:one(sql, ...)
+  if row == nil and err ~= nil then error(err, 0) end
+  return row
+end
+
+function M.must.rows(db, sql, ...)
+  local list, err = db:rows(sql, ...)
+  if list == nil then error(err, 0) end
+  return list
+end
+
+function M.must.tx(db, fn)
+  local r = table.pack(db:tx(fn))
+  if r[1] == nil and r[2] ~= nil then error(r[2], 0) end
+  return table.unpack(r, 1, r.n)
+end
+
 return M

@@ -2,6 +2,7 @@
 -- history and rollback. Everything goes through arguments (settings, store handle,
 -- workspace), so the functions work from any Lua state, including the server's
 -- worker threads.
+local db_mod = require "moonops.db"
 local fs = require "moonops.fs"
 local json = require "moonops.json"
 local log = require "moonops.log"
@@ -12,29 +13,7 @@ local workspace = require "moonops.workspace"
 local M = {}
 
 -- Store calls that raise on failure (busy, constraint) instead of returning nil, err.
-local function exec(db, sql, ...)
-  local n, err = db:exec(sql, ...)
-  if n == nil then error(err, 0) end
-  return n
-end
-
-local function one(db, sql, ...)
-  local row, err = db:one(sql, ...)
-  if row == nil and err ~= nil then error(err, 0) end
-  return row
-end
-
-local function rows(db, sql, ...)
-  local list, err = db:rows(sql, ...)
-  if list == nil then error(err, 0) end
-  return list
-end
-
-local function tx(db, fn)
-  local r = table.pack(db:tx(fn))
-  if r[1] == nil and r[2] ~= nil then error(r[2], 0) end
-  return table.unpack(r, 1, r.n)
-end
+local exec, one, rows, tx = db_mod.must.exec, db_mod.must.one, db_mod.must.rows, db_mod.must.tx
 
 M.STATUSES = { "QUEUED", "RUNNING", "COMPLETE", "ERROR", "SUPERSEDED", "INTERRUPTED" }
 M.TRIGGERS = { webhook = true, manual = true, schedule = true, cli = true }

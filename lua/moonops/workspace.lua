@@ -1,29 +1,14 @@
 --- A workspace's paths, secrets, active environment and current release.
 -- `ws` is a workspace table from moonops.settings; state lives in the store's
 -- `workspaces` table, files under `<data_dir>/workspaces/<name>/`.
+local db_mod = require "moonops.db"
 local fs = require "moonops.fs"
 local log = require "moonops.log"
 
 local M = {}
 
 -- Store calls that raise on failure (busy, constraint) instead of returning nil, err.
-local function exec(db, sql, ...)
-  local n, err = db:exec(sql, ...)
-  if n == nil then error(err, 0) end
-  return n
-end
-
-local function one(db, sql, ...)
-  local row, err = db:one(sql, ...)
-  if row == nil and err ~= nil then error(err, 0) end
-  return row
-end
-
-local function tx(db, fn)
-  local r = table.pack(db:tx(fn))
-  if r[1] == nil and r[2] ~= nil then error(r[2], 0) end
-  return table.unpack(r, 1, r.n)
-end
+local exec, one, tx = db_mod.must.exec, db_mod.must.one, db_mod.must.tx
 
 local function now()
   return os.date("!%Y-%m-%dT%H:%M:%SZ")
