@@ -370,67 +370,22 @@ typedef struct {
   size_t len;
   int slot;  /* index in the scratch tables */
   int layer; /* 1-based */
+  int line;  /* of the leaf's key, 0 when unknown */
 } leaf;
 
 #define LEAVES_ON_STACK 128
 
 typedef struct {
   lua_State *L;
-  const int *files;           /* stack indices of the layers' files (0: none) */
-  int names, values, origins; /* scratch tables: slot -> name, value, origin */
-  int store;                  /* stack index of the userdata holding `leaves` once they grow */
+  int names, values; /* scratch tables: slot -> name, value */
+  int store;         /* stack index of the userdata holding `leaves` once they grow */
   leaf *leaves;
   int n, cap;
   namebuf name;
 } leaf_walk;
 
-/* Push "file:line" (or what is known of it) for a leaf of layer id held under `key` by a
- * mapping whose yaml meta is at `meta` (0 or nil when it has none); as record_leaf does. */
-static void push_origin(leaf_walk *w, int id, int meta, int key) {
-  lua_State *L = w->L;
-  int has_meta = meta && lua_istable(L, meta);
-  int line = has_meta && key ? mo_yaml_meta_line(L, meta, key) : 0;
-  size_t flen = 0;
-  const char *file = NULL;
-  if (w->files[id]) {
-    file = lua_tolstring(L, w->files[id], &flen);
-    if (line <= 0) {
-      lua_pushvalue(L, w->files[id]);
-      return;
-    }
-  } else if (has_meta && lua_rawgeti(L, meta, MO_META_SOURCE) == LUA_TSTRING) {
-    file = lua_tolstring(L, -1, &flen); /* kept alive by the meta table */
-    lua_pop(L, 1);
-    if (line <= 0) {
-      lua_pushlstring(L, file, flen);
-      return;
-    }
-  } else if (has_meta) {
-    lua_pop(L, 1);
-  }
-  if (file == NULL) {
-    if (line > 0)
-      lua_pushfstring(L, "line %d", line);
-    else
-      lua_pushnil(L);
-    return;
-  }
-  char buf[128], digits[16];
-  int nd = 0;
-  for (unsigned v = (unsigned)line; v > 0; v /= 10)
-    digits[nd++] = (char)('0' + v % 10);
-  if (flen + 1 + (size_t)nd > sizeof buf) {
-    lua_pushfstring(L, "%s:%d", file, line);
-    return;
-  }
-  memcpy(buf, file, flen);
-  buf[flen] = ':';
-  for (int i = 0; i < nd; i++)
-    buf[flen + 1 + (size_t)i] = digits[nd - 1 - i];
-  lua_pushlstring(L, buf, flen + 1 + (size_t)nd);
-}
-
-/* Record the value at idx as the leaf named by the current name, from layer id (0-based). */
+/* Record the value at idx as the leaf named by the current name, from layer id (0-based),
+ * held under `key` by a mapping whose yaml meta is at `meta` (0 or nil when it has none). */
 static void add_leaf(leaf_walk *w, int idx, int id, int meta, int key) {
   lua_State *L = w->L;
   if (w->n == w->cap) {
@@ -444,10 +399,9 @@ static void add_leaf(leaf_walk *w, int idx, int id, int meta, int key) {
   leaf *lf = &w->leaves[w->n++];
   lf->slot = w->n;
   lf->layer = id + 1;
+  lf->line = meta && key && lua_istable(L, meta) ? mo_yaml_meta_line(L, meta, key) : 0;
   lua_pushvalue(L, idx);
   lua_rawseti(L, w->values, lf->slot);
-  push_origin(w, id, meta, key);
-  lua_rawseti(L, w->origins, lf->slot);
   lua_pushlstring(L, w->name.p, w->name.len);
   lf->name = lua_tolstring(L, -1, &lf->len);
   lua_rawseti(L, w->names, lf->slot); /* the string stays at the same address */
@@ -540,38 +494,33 @@ static int leaf_cmp(const void *pa, const void *pb) {
   return a->len < b->len ? -1 : a->len > b->len ? 1 : 0;
 }
 
-/* config.resolve_leaves(layers) -> names, values, from, origins
+/* config.resolve_leaves(layers) -> names, values, from, lines
  * What config.flatten would give for resolve(layers), without building the merged value:
  * parallel arrays sorted by name; from[i] is the index of the layer the value comes from,
- * origins[i] what resolve's sources give as its origin. Leaf tables (lists, empty
- * mappings) are the layers' own, not copies. */
+ * lines[i] the line of its key in the YAML that layer was loaded from (0 when unknown).
+ * Leaf tables (lists, empty mappings) are the layers' own, not copies. */
 static int config_resolve_leaves(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
   int n = (int)lua_rawlen(L, 1);
   if (n > MAX_LAYERS) return luaL_argerror(L, 1, "too many layers (at most 64)");
-  luaL_checkstack(L, 2 * n + 16, "config.resolve_leaves");
-  int vals[MAX_LAYERS], ids[MAX_LAYERS], metas[MAX_LAYERS], files[MAX_LAYERS];
+  luaL_checkstack(L, n + 16, "config.resolve_leaves");
+  int vals[MAX_LAYERS], ids[MAX_LAYERS], metas[MAX_LAYERS];
   for (int i = 0; i < n; i++) {
     if (lua_rawgeti(L, 1, i + 1) != LUA_TTABLE)
       return luaL_argerror(L, 1, lua_pushfstring(L, "layer %d is not a table", i + 1));
-    int layer = lua_gettop(L);
-    lua_getfield(L, layer, "value");
+    lua_getfield(L, -1, "value");
+    lua_remove(L, -2);
     vals[i] = lua_gettop(L);
     ids[i] = i;
     metas[i] = 0;
-    int t = lua_getfield(L, layer, "file");
-    if (t != LUA_TNIL && t != LUA_TSTRING)
-      return luaL_argerror(L, 1, lua_pushfstring(L, "layer %d: file must be a string", i + 1));
-    files[i] = t == LUA_TNIL ? 0 : lua_gettop(L);
   }
   leaf stack_leaves[LEAVES_ON_STACK];
-  leaf_walk w = {.L = L, .files = files, .leaves = stack_leaves, .cap = LEAVES_ON_STACK};
-  for (int k = 0; k < 3; k++)
-    lua_createtable(L, 32, 0);
-  w.names = lua_gettop(L) - 2;
-  w.values = w.names + 1;
-  w.origins = w.names + 2;
+  leaf_walk w = {.L = L, .leaves = stack_leaves, .cap = LEAVES_ON_STACK};
+  lua_createtable(L, 32, 0);
+  w.names = lua_gettop(L);
+  lua_createtable(L, 32, 0);
+  w.values = lua_gettop(L);
   lua_pushnil(L); /* the leaves, once they outgrow stack_leaves */
   w.store = lua_gettop(L);
   name_init(L, &w.name);
@@ -589,7 +538,7 @@ static int config_resolve_leaves(lua_State *L) {
     lua_rawseti(L, out + 1, i + 1);
     lua_pushinteger(L, lf->layer);
     lua_rawseti(L, out + 2, i + 1);
-    lua_rawgeti(L, w.origins, lf->slot);
+    lua_pushinteger(L, lf->line);
     lua_rawseti(L, out + 3, i + 1);
   }
   return 4;

@@ -37,8 +37,9 @@ local function open_project(dir, recorded, opts)
 end
 
 local function locate(ctx, opts)
-  -- a short-lived command that builds many small tables: collect less often
-  collectgarbage("incremental", 1000)
+  -- A short-lived command whose tables stay live until the output is written (the
+  -- garbage in between is a third of that): collecting would only walk them again
+  collectgarbage("stop")
   if opts.project and opts.workspace then usage("use either --project or --workspace, not both") end
   local env = meltano.process_env()
   opts.process_env = env
@@ -157,8 +158,9 @@ end
 
 -- The JSON document of `env show`, written directly: it can hold tens of thousands
 -- of settings and the general encoder sorts every object's keys. The layout is
--- json.pretty's (two-space indent, keys sorted). One string per plugin: the pieces of
--- a setting are existing strings (names, values) between constant ones.
+-- json.pretty's (two-space indent, keys sorted). It goes out a plugin (at most BATCH
+-- settings) per write(...) call, in pieces that are existing strings (names, values)
+-- between constant ones, and line numbers, which io.write prints without making strings.
 local concat, find, format, mtype = table.concat, string.find, string.format, math.type
 
 -- Is `s` its own JSON text between quotes (no quote, backslash or control character)?
@@ -215,21 +217,33 @@ local REDACTED_NULL_ORIGIN = {
 local VALUE, VALUE_STRING = ',\n          "value": ', ',\n          "value": "'
 local CLOSE, CLOSE_STRING = "\n        }", '"\n        }'
 
--- The pieces of one plugin's part of the document, from pieces[1]; returns how many.
--- Origins and string values go in as they are, between quotes, and are listed in `raw`
--- so the caller can check them all at once; with `check`, each is checked here.
-local function plugin_pieces(pieces, raw, first, p, quoted, check)
-  local settings = p.settings
-  local k, nraw = 1, 0
-  pieces[1] = (first and '\n    {\n      "name": ' or ',\n    {\n      "name": ') .. quote(p.name)
-    .. ',\n      "settings": ['
-  for j = 1, #settings do
+-- The pieces of settings[from..to] of a plugin, appended to pieces after k; returns the
+-- new k and how many strings went into `raw`. Origins and string values go in as they
+-- are, between quotes, listed in `raw` so the caller can check them all at once; with
+-- `check`, each is checked here instead.
+local function setting_pieces(pieces, k, raw, settings, from, to, quoted, check)
+  local nraw = 0
+  for j = from, to do
     local s = settings[j]
-    local origin, v, source = s.origin, s.value, s.source
+    local v, source = s.value, s.source
+    -- an origin still kept as file and line is written from those, without making the string
+    local origin = rawget(s, "origin")
+    local line = origin == nil and rawget(s, "origin_line")
+    if line and check and not plain(s.origin_file) then line, origin = nil, s.origin end
     pieces[k + 1] = j > 1 and NEXT or FIRST
     pieces[k + 2] = quoted[s.name]
     local redacted = s.redacted and true or false
-    if origin == nil then
+    if line then
+      local file = s.origin_file
+      pieces[k + 3] = ORIGIN
+      pieces[k + 4] = file
+      pieces[k + 5] = ":"
+      pieces[k + 6] = line
+      pieces[k + 7] = REDACTED[redacted]
+      nraw = nraw + 1
+      raw[nraw] = file
+      k = k + 2
+    elseif origin == nil then
       pieces[k + 3] = ORIGIN_NULL
       pieces[k + 4] = ""
       pieces[k + 5] = REDACTED_NULL_ORIGIN[redacted]
@@ -258,8 +272,6 @@ local function plugin_pieces(pieces, raw, first, p, quoted, check)
     end
     k = k + 9
   end
-  k = k + 1
-  pieces[k] = (#settings > 0 and '\n      ],\n      "type": ' or '],\n      "type": ') .. quote(p.type) .. "\n    }"
   return k, nraw
 end
 
@@ -271,23 +283,39 @@ local function all_plain(list, n)
   return #format("%q", joined) == #joined + 2
 end
 
--- Returns the document as a list of strings, one per plugin.
-local function show_json(res)
+local BATCH = 400 -- settings written per call of `write`
+
+-- Write the document with write(...) (several strings per call), a plugin at a time.
+local function show_json(res, write)
   -- names and sources repeat: quote each once
   local quoted = setmetatable({}, { __index = function(t, k)
     local q = quote(k)
     t[k] = q
     return q
   end })
-  local chunks = { '{\n  "environment": ' .. (res.environment and quote(res.environment) or "null") .. ',\n  "plugins": [' }
-  local pieces, raw = {}, {}
+  write('{\n  "environment": ', res.environment and quote(res.environment) or "null", ',\n  "plugins": [')
+  local pieces, raw, unpack = {}, {}, table.unpack
   for i, p in ipairs(res.plugins) do
-    local k, nraw = plugin_pieces(pieces, raw, i == 1, p, quoted, false)
-    if not all_plain(raw, nraw) then k = plugin_pieces(pieces, raw, i == 1, p, quoted, true) end
-    chunks[i + 1] = concat(pieces, "", 1, k)
+    local settings = p.settings
+    local n = #settings
+    pieces[1] = (i == 1 and '\n    {\n      "name": ' or ',\n    {\n      "name": ') .. quote(p.name)
+      .. ',\n      "settings": ['
+    local k, from = 1, 1
+    repeat
+      local to = math.min(n, from + BATCH - 1)
+      local start = k
+      local nraw
+      k, nraw = setting_pieces(pieces, start, raw, settings, from, to, quoted, false)
+      if not all_plain(raw, nraw) then k = setting_pieces(pieces, start, raw, settings, from, to, quoted, true) end
+      if to == n then
+        k = k + 1
+        pieces[k] = (n > 0 and '\n      ],\n      "type": ' or '],\n      "type": ') .. quote(p.type) .. "\n    }"
+      end
+      write(unpack(pieces, 1, k))
+      k, from = 0, to + 1
+    until from > n
   end
-  chunks[#chunks + 1] = #res.plugins > 0 and "\n  ]\n}\n" or "]\n}\n"
-  return chunks
+  write(#res.plugins > 0 and "\n  ]\n}\n" or "]\n}\n")
 end
 
 local function show_cmd(ctx, opts)
@@ -303,8 +331,8 @@ local function show_cmd(ctx, opts)
   warn_all(ctx, project)
   if not res then errors.raise(err, err:find("^plugin ") and errors.USAGE or errors.FAILURE) end
   if opts.json then
-    local chunks = show_json(res)
-    for i = 1, #chunks do ctx.print(chunks[i]) end
+    io.stdout:setvbuf("full", 65536) -- megabytes of JSON: fewer, larger writes
+    show_json(res, ctx.print)
     return 0
   end
   ctx.print(string.format("environment: %s%s\n", name or "(none)", name and (" (" .. how .. ")") or ""))

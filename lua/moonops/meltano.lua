@@ -572,15 +572,26 @@ local function hash_of(value)
   return require("moonops.crypto").digest("sha256", text)
 end
 
--- Sensitive settings: `hash` is computed on first use (most callers never compare
--- secrets), from the value kept aside in a weak table.
+-- Two fields of a setting are made when first read: `origin` ("file:line", kept as
+-- origin_file and origin_line until then: a large project has tens of thousands, and
+-- `env show --json` writes them without making the strings), and, for a sensitive
+-- setting, `hash` (from the value kept aside in a weak table; most callers never
+-- compare secrets).
 local secret_values = setmetatable({}, { __mode = "k" })
-local Secret = {
+local Setting = {
   __index = function(s, k)
-    if k ~= "hash" then return nil end
-    local h = hash_of(secret_values[s])
-    rawset(s, "hash", h)
-    return h
+    if k == "origin" then
+      local line = rawget(s, "origin_line")
+      if not line then return nil end
+      local origin = rawget(s, "origin_file") .. ":" .. line
+      rawset(s, "origin", origin)
+      return origin
+    elseif k == "hash" and rawget(s, "sensitive") then
+      local h = hash_of(secret_values[s])
+      rawset(s, "hash", h)
+      return h
+    end
+    return nil
   end,
 }
 
@@ -681,10 +692,14 @@ resolve_plugin = function(rc, plugin, stack)
   end
   if defaults then layers[#layers + 1] = { name = "default", value = defaults, file = plugin.file } end
 
-  local names, values, from, origins = resolve_leaves(layers)
+  local names, values, from, lines = resolve_leaves(layers)
 
   -- environment variables: <PLUGIN_NAME>_<SETTING>
-  local prefix = M.var_name(plugin.name) .. "_"
+  local prefix = plugin.var_prefix
+  if not prefix then
+    prefix = M.var_name(plugin.name) .. "_"
+    plugin.var_prefix = prefix -- the same in every environment
+  end
   local env_origin
   if prefixes[prefix] then
     local candidates = {}
@@ -734,23 +749,31 @@ resolve_plugin = function(rc, plugin, stack)
       if by_source.env then env_layers[#env_layers + 1] = { name = "env", value = by_source.env, file = "env" } end
       for _, l in ipairs(layers) do env_layers[#env_layers + 1] = l end
       layers = env_layers
-      names, values, from, origins = resolve_leaves(layers)
+      names, values, from, lines = resolve_leaves(layers)
     end
   end
 
   -- settings, sorted by name
-  local sensitive_decls
+  local sensitive_decls -- names, and name -> true
   for name, d in pairs(decls) do
     if is_sensitive_decl(d.decl) then
       sensitive_decls = sensitive_decls or {}
       sensitive_decls[#sensitive_decls + 1] = name
+      sensitive_decls[name] = true
     end
   end
   local unsafe, expand_opts = rc.unsafe, rc.expand_opts
   local settings = setmetatable({}, array_mt)
   for i = 1, #names do
-    local name, v, layer, origin = names[i], values[i], layers[from[i]], origins[i]
+    local name, v, layer, line = names[i], values[i], layers[from[i]], lines[i]
     local source = layer.name
+    -- origin: "file:line" (origin_file, origin_line) unless set below
+    local origin, origin_file, origin_line
+    if line > 0 then
+      origin_file, origin_line = layer.file, line
+    else
+      origin = layer.file
+    end
     -- $VAR expansion: config values from the files; extras (select, metadata, ...)
     -- are stream patterns where `$` is literal (`default$default-users.*`)
     if EXPANDED[source] and byte(name, 1) ~= 95 then
@@ -758,13 +781,15 @@ resolve_plugin = function(rc, plugin, stack)
       if (tv == "string" and find(v, "$", 1, true)) or (tv == "table" and has_dollar(v, 0)) then
         local expanded, err = expand(v, full, expand_opts)
         if expanded == nil then
-          fail("%s: %s %s setting %s: %s", origin or plugin.where, plugin.type, plugin.name, name, tostring(err))
+          fail("%s: %s %s setting %s: %s", origin or (origin_file .. ":" .. origin_line), plugin.type,
+            plugin.name, name, tostring(err))
         end
         v = expanded
         values[i] = v
       end
     end
     if source == "env" or source == "dotenv" then
+      origin_line = nil
       for j = #env_origin, 1, -1 do
         local e = env_origin[j]
         if e.name == name or name:sub(1, #e.name + 1) == e.name .. "." then
@@ -774,50 +799,56 @@ resolve_plugin = function(rc, plugin, stack)
       end
     elseif source == "inherited" then
       local ps = parent_res.by_name()[name]
-      origin = ps and ps.origin or parent.where
+      origin_line = nil
+      if not ps then
+        origin = parent.where
+      else
+        origin = rawget(ps, "origin")
+        if not origin then
+          origin_file, origin_line = ps.origin_file, ps.origin_line
+          if not origin_line then origin = parent.where end
+        end
+      end
     elseif source == "default" then
+      origin_line = nil
       origin = default_origin[name]
       if not origin then
         for dn, o in pairs(default_origin) do
           if name:sub(1, #dn + 1) == dn .. "." then origin = o end
         end
       end
-    elseif hints[source] and origin == layer.file then -- no line: the extra's key has it
+    elseif line == 0 and hints[source] then -- no line: the extra's key has it
       local top = match(name, "^([^.]*)")
       origin = hints[source][top] or origin
     end
     local sensitive = sensitive_names[name]
     if sensitive == nil then sensitive = name_is_sensitive(name) end
     if not sensitive and sensitive_decls then
-      for _, dn in ipairs(sensitive_decls) do
-        local n = #dn
-        if name == dn or (byte(name, n + 1) == 46 and sub(name, 1, n) == dn) then -- dn or dn.*
-          sensitive = true
-          break
+      if sensitive_decls[name] then
+        sensitive = true
+      elseif find(name, ".", 1, true) then -- inside a declared one?
+        for _, dn in ipairs(sensitive_decls) do
+          local n = #dn
+          if byte(name, n + 1) == 46 and sub(name, 1, n) == dn then
+            sensitive = true
+            break
+          end
         end
       end
     end
-    if sensitive then
-      local s = setmetatable({
-        name = name,
-        value = unsafe and v or M.REDACTED,
-        source = source,
-        origin = origin,
-        sensitive = true,
-        redacted = not unsafe,
-      }, Secret)
-      secret_values[s] = v
-      settings[i] = s
-    else
-      settings[i] = {
-        name = name,
-        value = v,
-        source = source,
-        origin = origin,
-        sensitive = false,
-        redacted = false,
-      }
-    end
+    if origin_line then origin = nil end
+    local s = setmetatable({
+      name = name,
+      value = (sensitive and not unsafe) and M.REDACTED or v,
+      source = source,
+      origin = origin,
+      origin_file = origin_line and origin_file,
+      origin_line = origin_line,
+      sensitive = sensitive,
+      redacted = sensitive and not unsafe,
+    }, Setting)
+    if sensitive then secret_values[s] = v end
+    settings[i] = s
   end
 
   stack[plugin] = nil

@@ -279,24 +279,28 @@ environments:
       local value, sources = config.resolve(ls)
       local flat, expected = config.flatten(value)
       table.sort(expected)
-      local names, values, from, origins = config.resolve_leaves(ls)
+      local names, values, from, lines = config.resolve_leaves(ls)
       assert.same(expected, names)
       for i, name in ipairs(names) do
         assert.equal(canon(flat[name]), canon(values[i]), name)
-        assert.equal(sources[name].layer, ls[from[i]].name, name)
-        assert.equal(sources[name].origin, origins[i], name)
+        local layer = ls[from[i]]
+        assert.equal(sources[name].layer, layer.name, name)
+        -- resolve's origin, from the layer's file (or the YAML's name) and the line
+        local file = layer.file or (type(layer.value) == "table" and yaml.source(layer.value))
+        local origin = file
+        if lines[i] > 0 then origin = file and (file .. ":" .. lines[i]) or ("line " .. lines[i]) end
+        assert.equal(sources[name].origin, origin, name)
       end
-      return names, values, from, origins
+      return names, values, from, lines
     end
 
-    it("resolve_leaves gives the flattened leaves of resolve, sorted, with layer and origin", function()
+    it("resolve_leaves gives the flattened leaves of resolve, sorted, with layer and line", function()
       local ls = layers()
-      local names, _, from, origins = same_as_resolve(ls)
+      local names, _, from, lines = same_as_resolve(ls)
       assert.same({ "client_id", "domain", "hidden", "nothing", "select_list", "stream_maps.users.email",
         "stream_maps.users.name" }, names)
       assert.same({ 1, 2, 2, 2, 2, 2, 3 }, from)
-      assert.is_nil(origins[1]) -- the env layer has no file and no yaml provenance
-      assert.equal("meltano.yml:12", origins[6])
+      assert.same({ 0, 9, 15, 14, 13, 12, 10 }, lines) -- the env layer was built in Lua: no line
     end)
 
     it("resolve_leaves agrees with resolve on generated layers", function()
@@ -348,8 +352,8 @@ environments:
     it("resolve_leaves gives nothing for no mapping, and raises for malformed layers", function()
       assert.same({}, (config.resolve_leaves({ { name = "x" }, { name = "y", value = yaml.null } })))
       assert.same({}, (config.resolve_leaves({ { name = "x", value = {} }, { name = "y", value = { a = 1 } } })))
-      assert.has_error(function() config.resolve_leaves({ "x" }) end)
-      assert.has_error(function() config.resolve_leaves({ { file = {}, value = {} } }) end)
+      assert.has_error(function() config.resolve_leaves({ "x" }) end,
+        "bad argument #1 to 'resolve_leaves' (layer 1 is not a table)")
       assert.has_error(function() config.resolve_leaves(nil) end)
       local many = {}
       for i = 1, 65 do many[i] = { value = {} } end

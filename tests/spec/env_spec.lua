@@ -165,6 +165,23 @@ describe("moonops env", function()
       assert.is_nil(r.stdout:find("\7", 1, true))
     end)
 
+    it("writes a plugin with many settings whole, in order", function()
+      local lines = { "plugins:", "  extractors:", "  - name: tap-wide", "    config:" }
+      for i = 1, 900 do lines[#lines + 1] = string.format("      s%04d: v%d", i, i) end
+      lines[#lines + 1] = [[      s0850: "needs \"escaping\""]]
+      table.remove(lines, 4 + 850)
+      local dir = T.tmpdir()
+      T.write(dir .. "/meltano.yml", table.concat(lines, "\n") .. "\n")
+      local r = run({ "env", "show", "--project", dir, "--json" })
+      assert.are.equal(0, r.code, r.stderr)
+      assert.are.equal(json.pretty(json.decode(r.stdout)), r.stdout)
+      local settings = json.decode(r.stdout).plugins[1].settings
+      assert.are.equal(900, #settings)
+      for i = 1, 900 do assert.are.equal(string.format("s%04d", i), settings[i].name) end
+      assert.are.equal('needs "escaping"', settings[850].value)
+      assert.are.equal("v851", settings[851].value)
+    end)
+
     it("shows sensitive values with --unsafe", function()
       local dir = make_project()
       local r = run({ "env", "show", "--project", dir, "--environment", "prod", "--json", "--unsafe" },
