@@ -1656,7 +1656,12 @@ static int edit_protected(lua_State *L) {
     end = q;
     style = YAML_PLAIN_SCALAR_STYLE;
   }
-  if (empty && start == end && (start == 0 || (text[start - 1] != ':' && text[start - 1] != '-')))
+  /* An empty value is written after its indicator: a ':' or a sequence's "- " (not the
+   * '-' of a block scalar header such as ">-" that ends an explicit "?" key). */
+  int after_indicator =
+      start > 0 && (text[start - 1] == ':' ||
+                    (text[start - 1] == '-' && (start == 1 || is_space(text[start - 2]))));
+  if (empty && start == end && !after_indicator)
     edit_fail(&b, "the value is empty and has no ':' or '-' to write it after");
   drain(&b);
   if (!push_scalar_text(L, 4, style)) edit_fail(&b, "the value is not valid UTF-8");

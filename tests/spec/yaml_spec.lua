@@ -586,6 +586,14 @@ one:
       assert.same({ a = "five", b = "five" }, assert(yaml.load(out)))
     end)
 
+    it("refuses the empty value of an explicit key written as a block scalar, instead of corrupting it", function()
+      -- "?\n>-": the key is an empty folded scalar; its '-' is not a sequence indicator
+      local out, err = yaml.edit("?\n>-", { "" }, "fuzz value")
+      assert.is_nil(out)
+      assert.matches("has no ':' or '%-' to write it after", err)
+      assert.equal("a:\n- x\n- v\n", assert(yaml.edit("a:\n- x\n-\n", { "a", 2 }, "v")))
+    end)
+
     it("keeps a byte order mark", function()
       local out = assert(yaml.edit("\239\187\191a: b\n", { "a" }, "ü"))
       assert.equal("\239\187\191a: ü\n", out)
