@@ -699,7 +699,14 @@ static int store_open(lua_State *L) {
              "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
              "PRAGMA journal_size_limit=%d; PRAGMA foreign_keys=ON",
              STORE_WAL_LIMIT);
-  rc = sqlite3_exec(db, setup, NULL, NULL, NULL);
+  /* Two processes creating the database at once can both hold a shared lock while
+   * switching it to WAL; SQLite then answers SQLITE_BUSY at once instead of calling
+   * the busy handler (it would deadlock). Retry for as long as the busy timeout. */
+  for (int waited = 0;; waited += 10) {
+    rc = sqlite3_exec(db, setup, NULL, NULL, NULL);
+    if ((rc & 0xff) != SQLITE_BUSY || waited >= busy) break;
+    sqlite3_sleep(10);
+  }
   if (rc != SQLITE_OK) {
     int n = store_fail(L, s, rc);
     close_store(s);
