@@ -28,6 +28,7 @@ libs="$(pkg-config --libs $pkgs) -lpthread -ldl -lm"
 # same modules the same way moonops does) with clang, coverage instrumentation
 # and the sanitizers; the targets then link its static core.
 engine="$build/engine"
+mkdir -p "$engine"
 if [ ! -f "$engine/CMakeCache.txt" ]; then
   CC="$cc" cmake -S "$root" -B "$engine" -DCMAKE_BUILD_TYPE=Debug \
     -DCMAKE_C_FLAGS="-O1 -fsanitize=fuzzer-no-link $san" \
