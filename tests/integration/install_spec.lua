@@ -31,14 +31,14 @@ describe("an installed moonops", function()
   local function installed(args, extra)
     local argv = { bin }
     for _, a in ipairs(args) do argv[#argv + 1] = a end
-    return T.run(argv, { cwd = root .. "/work", env = env(extra) })
+    return T.run(argv, { cwd = root .. "/cwd", env = env(extra) })
   end
 
   lazy_setup(function()
     root = T.tmpdir()
     prefix = root .. "/prefix"
     bin = prefix .. "/bin/moonops"
-    os.execute("mkdir -p " .. T.q(root .. "/work") .. " " .. T.q(root .. "/home"))
+    os.execute("mkdir -p " .. T.q(root .. "/cwd") .. " " .. T.q(root .. "/home"))
     -- cmake --install rewrites the build's install manifest; keep the user's.
     saved_manifest = T.read(MANIFEST)
     local out, ok = T.sh(string.format("cmake --install %s --prefix %s 2>&1", T.q(BUILD), T.q(prefix)))
@@ -119,7 +119,7 @@ describe("an installed moonops", function()
   end)
 
   it("runs the demo's recipes: init, deploy, env, promote, schedule and the native plugin", function()
-    local w = root .. "/work"
+    local w = root .. "/cwd"
     local function sh(cmd)
       local out, ok = T.sh(string.format("cd %s && export HOME=%s GIT_CONFIG_NOSYSTEM=1 && { %s; } 2>&1",
         T.q(w), T.q(root .. "/home"), cmd))
@@ -174,9 +174,9 @@ describe("an installed moonops", function()
       complete_line %s env ""
       complete_line %s --config %s deploy ex-s
     ]], T.q(prefix .. "/share/bash-completion/completions/moonops"), T.q(bin), T.q(bin), T.q(bin), T.q(bin),
-      T.q(root .. "/work/ops/moonops.yml"))
+      T.q(root .. "/cwd/ops/moonops.yml"))
     T.write(root .. "/complete.sh", script)
-    local out, ok = T.sh(string.format("cd %s && env -u MOONOPS_LUA_PATH HOME=%s bash %s 2>&1", T.q(root .. "/work"),
+    local out, ok = T.sh(string.format("cd %s && env -u MOONOPS_LUA_PATH HOME=%s bash %s 2>&1", T.q(root .. "/cwd"),
       T.q(root .. "/home"), T.q(root .. "/complete.sh")))
     assert.is_true(ok, out)
     assert.equal("promote\n--limit --list\nlist show diff use\nex-staging\n", out)
