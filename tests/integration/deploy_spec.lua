@@ -5,8 +5,9 @@ local T = require "support.t"
 local gitserve = require "support.gitserve"
 local json = require "moonops.json"
 
-local GIT_ENV = "GIT_CONFIG_NOSYSTEM=1 GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@example.com "
-  .. "GIT_COMMITTER_NAME=t GIT_COMMITTER_EMAIL=t@example.com "
+-- Git with a private HOME and no system config, and the example project: tests/support/server.lua.
+local support = require "support.server"
+local git = support.git
 
 local MELTANO = [[
 version: 1
@@ -21,12 +22,6 @@ plugins:
     config:
       domain: example.eu.auth0.com
 ]]
-
-local function git(dir, args)
-  local out, ok = T.sh("cd " .. T.q(dir) .. " && " .. GIT_ENV .. "HOME=" .. T.q(dir) .. " git " .. args .. " 2>&1")
-  assert(ok, "git " .. args .. " failed: " .. out)
-  return (out:gsub("%s+$", ""))
-end
 
 local function setup()
   local root = T.tmpdir()

@@ -11,27 +11,10 @@ local TOKEN = "api-token-integration-abcdef"
 local WS_ID = "5b7f1d2e-3c4a-4e5f-8a9b-0c1d2e3f4a5b"
 local WS2_ID = "6c8a2e3f-4d5b-4f6a-9b0c-1d2e3f4a5b6c"
 
-local GIT_ENV = "GIT_CONFIG_NOSYSTEM=1 GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@example.com "
-  .. "GIT_COMMITTER_NAME=t GIT_COMMITTER_EMAIL=t@example.com "
+-- Git with a private HOME and no system config, and the example project: tests/support/server.lua.
+local support = require "support.server"
+local git, MELTANO = support.git, support.MELTANO
 
-local MELTANO = [[
-version: 1
-default_environment: dev
-environments:
-- name: dev
-- name: prod
-plugins:
-  extractors:
-  - name: tap-auth0
-    config:
-      domain: example.eu.auth0.com
-]]
-
-local function git(dir, args)
-  local out, ok = T.sh("cd " .. T.q(dir) .. " && " .. GIT_ENV .. "HOME=" .. T.q(dir) .. " git " .. args .. " 2>&1")
-  assert(ok, "git " .. args .. " failed: " .. out)
-  return (out:gsub("%s+$", ""))
-end
 
 --- A workspace repository on git daemon, a moonops.yml and a running `moonops serve`.
 -- opts: {server_yaml = extra lines under server:, hook_sleep = seconds, grace = seconds}

@@ -7,21 +7,10 @@ local json = require "moonops.json"
 local WS_ID = "6f1c7a52-2f0e-4f0b-9a51-3f4f1d0c9e11"
 local SECRET = "s3cr3t-webhook-value-42"
 
-local GIT_ENV = "GIT_CONFIG_NOSYSTEM=1 GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@example.com "
-  .. "GIT_COMMITTER_NAME=t GIT_COMMITTER_EMAIL=t@example.com "
+-- Git with a private HOME and no system config, and the example project: tests/support/server.lua.
+local support = require "support.server"
+local git, MELTANO = support.git, support.MELTANO
 
-local MELTANO = [[
-version: 1
-default_environment: dev
-environments:
-- name: dev
-- name: prod
-plugins:
-  extractors:
-  - name: tap-auth0
-    config:
-      domain: example.eu.auth0.com
-]]
 
 local HOOKS = {
   ["hooks/env.sh"] = [[#!/bin/sh
@@ -37,12 +26,6 @@ sleep "${SLOW_SECONDS:-30}"
 echo "end $MOONOPS_COMMIT" >> "$MARK_DIR/sequence"
 ]],
 }
-
-local function git(dir, args)
-  local out, ok = T.sh("cd " .. T.q(dir) .. " && " .. GIT_ENV .. "HOME=" .. T.q(dir) .. " git " .. args .. " 2>&1")
-  assert(ok, "git " .. args .. " failed: " .. out)
-  return (out:gsub("%s+$", ""))
-end
 
 -- A bare repository `origin` and a work tree `src` pushing to it; returns paths and helpers.
 local function new_repo(root)
