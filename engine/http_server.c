@@ -15,6 +15,16 @@
  * reaper thread shuts down connections that take longer than read_timeout to
  * deliver a complete request (slow clients that trickle bytes).
  *
+ * Deferred requests: a handler may answer `return server.DEFER, job` (job a
+ * string). The connection is then suspended and the job queued for the batch
+ * thread, which has its own Lua state with the handler module loaded and calls
+ * `handler[batch](jobs, generation)` with every job queued so far (up to
+ * BATCH_MAX) and gets back one {status, headers, body} per job; each suspended
+ * connection is resumed with its answer. Work that must be durable before the
+ * answer (the store's accept transaction) is done there once per batch instead
+ * of once per request, and the pool threads keep serving other connections
+ * meanwhile. Stopping drains the queue: every job taken is answered.
+ *
  * A background thread with its own Lua state (the deploy worker) runs
  * `require(module)[fn](context, control)` until it returns; control.stopping()
  * tells it the server is stopping (the server signals its notify channel so it
@@ -46,6 +56,10 @@
 
 #define SERVER_MT "moonops.server"
 #define MAX_COPY_DEPTH 64
+#define BATCH_MAX 512
+
+/* server.DEFER: the light userdata a handler returns first to defer its request. */
+static const char defer_marker = 'D';
 
 /* ---- time --------------------------------------------------------------- */
 
@@ -196,6 +210,30 @@ struct request {
   size_t len, cap;
   int counted; /* counted in server.inflight */
   char id[24];
+  /* deferred to the batch thread */
+  int deferred;
+  int done; /* the answer below is ready (set before the resume) */
+  struct MHD_Connection *conn;
+  struct request *next_job;
+  char *job;
+  size_t job_len;
+  unsigned status;
+  char *out_body;
+  size_t out_len;
+  char *out_headers; /* name\0value\0 pairs */
+  size_t out_headers_len;
+};
+
+struct batch {
+  pthread_t thread;
+  lua_State *L;
+  int fn_ref;
+  int started;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  struct request *head, *tail; /* queued jobs, under lock */
+  int stop;                    /* under lock: finish the queue, then exit */
+  int stopped;                 /* under lock: no job is taken any more */
 };
 
 struct background {
@@ -239,6 +277,7 @@ struct server {
   int reaper_stop; /* under lock */
 
   struct background *bg;
+  struct batch *batch;
 
   int signals; /* the caller's thread blocks TERM/INT/HUP; sigfd reads them */
   int sigfd;
@@ -381,6 +420,214 @@ static void report_rejected(struct server *s, struct MHD_Connection *c, struct r
   lua_settop(L, top);
 }
 
+/* ---- deferred requests -------------------------------------------------- */
+
+static void set_answer(struct request *r, unsigned status, const char *body) {
+  r->status = status;
+  free(r->out_body);
+  r->out_body = strdup(body);
+  r->out_len = r->out_body ? strlen(body) : 0;
+  free(r->out_headers);
+  r->out_headers = NULL;
+  r->out_headers_len = 0;
+}
+
+/* Suspend the connection and queue the job (the string at `idx`) for the batch
+ * thread. When there is no batch thread, or it has stopped, the request is
+ * answered at once (500 or 503). */
+static enum MHD_Result defer(struct server *s, struct MHD_Connection *c, struct request *r,
+                             const char *method, const char *url, lua_State *L, int idx) {
+  struct batch *b = s->batch;
+  size_t len = 0;
+  const char *job = lua_type(L, idx) == LUA_TSTRING ? lua_tolstring(L, idx, &len) : NULL;
+  if (b == NULL || job == NULL) {
+    static const char msg[] = "internal server error\n";
+    const char *why = b == NULL ? "handler deferred a request but the server has no batch function"
+                                : "handler deferred a request without a job string";
+    report_rejected(s, c, r, method, url, 500, why);
+    return respond(c, 500, msg, sizeof msg - 1, r->id, 0, NULL, NULL);
+  }
+  r->job = malloc(len ? len : 1);
+  if (r->job == NULL) return MHD_NO;
+  memcpy(r->job, job, len);
+  r->job_len = len;
+  r->conn = c;
+  r->deferred = 1;
+  MHD_suspend_connection(c);
+  pthread_mutex_lock(&b->lock);
+  int stopped = b->stopped;
+  if (!stopped) {
+    if (b->tail)
+      b->tail->next_job = r;
+    else
+      b->head = r;
+    b->tail = r;
+    pthread_cond_signal(&b->cond);
+  }
+  pthread_mutex_unlock(&b->lock);
+  if (stopped) {
+    set_answer(r, 503, "shutting down\n");
+    r->done = 1;
+    MHD_resume_connection(c);
+  }
+  return MHD_YES;
+}
+
+/* The answer the batch thread left for a resumed request. */
+static enum MHD_Result answer_deferred(struct server *s, struct MHD_Connection *c,
+                                       struct request *r) {
+  if (!r->done) return MHD_YES; /* not resumed yet */
+  struct MHD_Response *resp = MHD_create_response_from_buffer(
+      r->out_len, r->out_body ? r->out_body : (void *)"", MHD_RESPMEM_MUST_COPY);
+  if (resp == NULL) return MHD_NO;
+  int has_type = 0;
+  for (size_t at = 0; r->out_headers && at < r->out_headers_len;) {
+    const char *name = r->out_headers + at;
+    const char *value = name + strlen(name) + 1;
+    if (strcasecmp(name, "Content-Type") == 0) has_type = 1;
+    MHD_add_response_header(resp, name, value);
+    at = (size_t)(value - r->out_headers) + strlen(value) + 1;
+  }
+  if (!has_type) MHD_add_response_header(resp, "Content-Type", "text/plain; charset=utf-8");
+  MHD_add_response_header(resp, "X-Request-Id", r->id);
+  if (atomic_load(&s->stopping)) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+  enum MHD_Result rc = MHD_queue_response(c, r->status, resp);
+  MHD_destroy_response(resp);
+  return rc;
+}
+
+/* Copy result `i` ({status, headers, body} on top of B) into the request. */
+static void take_result(lua_State *B, struct request *r) {
+  int t = lua_gettop(B);
+  if (!lua_istable(B, t)) {
+    set_answer(r, 500, "internal server error\n");
+    return;
+  }
+  lua_geti(B, t, 1);
+  int isnum = 0;
+  lua_Integer status = lua_tointegerx(B, -1, &isnum);
+  lua_pop(B, 1);
+  if (!isnum || status < 100 || status > 999) {
+    set_answer(r, 500, "internal server error\n");
+    return;
+  }
+  lua_geti(B, t, 3);
+  size_t len = 0;
+  const char *body = lua_type(B, -1) == LUA_TSTRING ? lua_tolstring(B, -1, &len) : "";
+  r->out_body = malloc(len ? len : 1);
+  if (r->out_body) {
+    memcpy(r->out_body, body, len);
+    r->out_len = len;
+  }
+  lua_pop(B, 1);
+  r->status = (unsigned)status;
+  if (lua_geti(B, t, 2) == LUA_TTABLE) {
+    size_t need = 0;
+    lua_pushnil(B);
+    while (lua_next(B, -2)) {
+      if (lua_type(B, -2) == LUA_TSTRING && lua_type(B, -1) == LUA_TSTRING)
+        need += lua_rawlen(B, -2) + lua_rawlen(B, -1) + 2;
+      lua_pop(B, 1);
+    }
+    char *buf = need ? malloc(need) : NULL;
+    size_t at = 0;
+    lua_pushnil(B);
+    while (buf && lua_next(B, -2)) {
+      if (lua_type(B, -2) == LUA_TSTRING && lua_type(B, -1) == LUA_TSTRING) {
+        const char *k = lua_tostring(B, -2), *v = lua_tostring(B, -1);
+        /* a name or value with a NUL byte would not survive the copy: skip it */
+        if (strlen(k) == lua_rawlen(B, -2) && strlen(v) == lua_rawlen(B, -1)) {
+          memcpy(buf + at, k, strlen(k) + 1);
+          at += strlen(k) + 1;
+          memcpy(buf + at, v, strlen(v) + 1);
+          at += strlen(v) + 1;
+        }
+      }
+      lua_pop(B, 1);
+    }
+    r->out_headers = buf;
+    r->out_headers_len = at;
+  }
+  lua_pop(B, 1);
+}
+
+/* Run handler[batch](jobs, generation) over the taken list and resume every
+ * connection with its answer. */
+static void run_batch(struct server *s, struct batch *b, struct request *list, int n) {
+  lua_State *B = b->L;
+  int top = lua_gettop(B);
+  lua_rawgeti(B, LUA_REGISTRYINDEX, b->fn_ref);
+  lua_createtable(B, n, 0);
+  int i = 1;
+  for (struct request *r = list; r; r = r->next_job) {
+    lua_pushlstring(B, r->job, r->job_len);
+    lua_rawseti(B, -2, i++);
+  }
+  lua_pushinteger(B, (lua_Integer)atomic_load(&s->generation));
+  int ok = mo_pcall(B, 2, 1) == LUA_OK && lua_istable(B, -1);
+  i = 1;
+  for (struct request *r = list, *next; r; r = next) {
+    next = r->next_job;
+    if (ok) {
+      lua_geti(B, top + 1, i++);
+      take_result(B, r);
+      lua_pop(B, 1);
+    } else {
+      set_answer(r, 500, "internal server error\n");
+    }
+    r->done = 1;
+    MHD_resume_connection(r->conn); /* r belongs to libmicrohttpd again from here */
+  }
+  lua_settop(B, top);
+  lua_gc(B, LUA_GCSTEP, 0);
+}
+
+static void *batch_main(void *arg) {
+  struct server *s = arg;
+  struct batch *b = s->batch;
+  pthread_mutex_lock(&b->lock);
+  for (;;) {
+    while (b->head == NULL && !b->stop)
+      pthread_cond_wait(&b->cond, &b->lock);
+    if (b->head == NULL) break; /* stopping, and nothing is left */
+    struct request *list = b->head, *last = list;
+    int n = 1;
+    while (last->next_job && n < BATCH_MAX) {
+      last = last->next_job;
+      n++;
+    }
+    b->head = last->next_job;
+    if (b->head == NULL) b->tail = NULL;
+    last->next_job = NULL;
+    pthread_mutex_unlock(&b->lock);
+    run_batch(s, b, list, n);
+    pthread_mutex_lock(&b->lock);
+  }
+  b->stopped = 1;
+  pthread_mutex_unlock(&b->lock);
+  return NULL;
+}
+
+/* Let the batch thread answer what is queued, then end it. */
+static void batch_stop(struct batch *b) {
+  if (b == NULL || !b->started) return;
+  pthread_mutex_lock(&b->lock);
+  b->stop = 1;
+  pthread_cond_signal(&b->cond);
+  pthread_mutex_unlock(&b->lock);
+  pthread_join(b->thread, NULL);
+  b->started = 0;
+}
+
+static void batch_free(struct batch *b) {
+  if (b == NULL) return;
+  batch_stop(b);
+  if (b->L) lua_close(b->L);
+  pthread_mutex_destroy(&b->lock);
+  pthread_cond_destroy(&b->cond);
+  free(b);
+}
+
 static enum MHD_Result run_handler(struct server *s, struct MHD_Connection *c, struct request *r,
                                    const char *method, const char *url) {
   struct worker *w = thread_worker(s);
@@ -397,6 +644,11 @@ static enum MHD_Result run_handler(struct server *s, struct MHD_Connection *c, s
   r->cap = r->len = 0;
 
   int ok = mo_pcall(L, 1, 3) == LUA_OK;
+  if (ok && lua_touserdata(L, top + 1) == (void *)&defer_marker) {
+    enum MHD_Result rc = defer(s, c, r, method, url, L, top + 2);
+    lua_settop(L, top);
+    return rc;
+  }
   int isnum = 0;
   lua_Integer status = ok ? lua_tointegerx(L, top + 1, &isnum) : 0;
   if (!ok || !isnum || status < 100 || status > 999) {
@@ -478,6 +730,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     return MHD_YES;
   }
+  if (r->deferred) return answer_deferred(s, c, r);
   if (*upload_size > 0) {
     size_t n = *upload_size;
     if (n > s->max_body - r->len) return MHD_NO; /* a chunked body over the limit: drop it */
@@ -519,6 +772,9 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     pthread_mutex_unlock(&s->lock);
   }
   free(r->body);
+  free(r->job);
+  free(r->out_body);
+  free(r->out_headers);
   free(r);
 }
 
@@ -650,6 +906,8 @@ static int server_stop(struct server *s, double drain, double grace) {
     while (atomic_load(&s->inflight) > 0)
       if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT) break;
     pthread_mutex_unlock(&s->lock);
+    /* every suspended connection must be resumed before the daemon stops */
+    batch_stop(s->batch);
     MHD_stop_daemon(s->daemon);
     s->daemon = NULL;
   }
@@ -715,6 +973,7 @@ static void server_destroy(struct server *s) {
     free(bg->channel);
     free(bg);
   }
+  batch_free(s->batch);
   pthread_mutex_destroy(&s->lock);
   pthread_cond_destroy(&s->cond);
   pthread_cond_destroy(&s->reaper_cond);
@@ -904,6 +1163,38 @@ static int setup_background(lua_State *L, struct server *s, int bg_idx, const ch
   return 1;
 }
 
+/* The batch thread's state: the handler module loaded, init(context, 0) called. */
+static int setup_batch(lua_State *L, struct server *s, const char *handler, const char *fn,
+                       int ctx_idx) {
+  struct batch *b = calloc(1, sizeof *b);
+  if (b == NULL) {
+    lua_pushliteral(L, "out of memory");
+    return 0;
+  }
+  pthread_mutex_init(&b->lock, NULL);
+  pthread_cond_init(&b->cond, NULL);
+  b->fn_ref = LUA_NOREF;
+  s->batch = b;
+  struct worker w = {0};
+  if (!setup_worker(L, &w, handler, ctx_idx, 0)) {
+    if (w.L) lua_close(w.L);
+    return 0;
+  }
+  b->L = w.L;
+  lua_State *B = b->L;
+  lua_getglobal(B, "package");
+  lua_getfield(B, -1, "loaded");
+  lua_getfield(B, -1, handler);
+  lua_getfield(B, -1, fn);
+  if (!lua_isfunction(B, -1)) {
+    lua_pushfstring(L, "handler %s has no %s(jobs) function", handler, fn);
+    return 0;
+  }
+  b->fn_ref = luaL_ref(B, LUA_REGISTRYINDEX);
+  lua_settop(B, 0);
+  return 1;
+}
+
 static int fail_listen(lua_State *L, struct server *s) {
   /* message on top of L */
   server_stop(s, 0, 0);
@@ -914,8 +1205,9 @@ static int fail_listen(lua_State *L, struct server *s) {
 }
 
 /* server.listen{addr=, workers=, handler=, context=, max_body=, header_limit=, conn_limit=,
- *   timeout=, read_timeout=, background={module=, fn=, context=, channel=}, signals=}
- *   -> server | nil, err */
+ *   timeout=, read_timeout=, batch=, background={module=, fn=, context=, channel=}, signals=}
+ *   -> server | nil, err
+ * batch: the name of the handler module's function that answers deferred requests. */
 static int server_listen(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   const char *addr = mo_optfield_string(L, 1, "addr", "127.0.0.1:8080");
@@ -940,6 +1232,7 @@ static int server_listen(lua_State *L) {
   lua_getfield(L, 1, "context");
   int bg_idx = lua_gettop(L) + 1;
   lua_getfield(L, 1, "background");
+  const char *batch_fn = mo_optfield_string(L, 1, "batch", NULL);
   const char *bg_module = NULL, *bg_fn = NULL, *bg_channel = NULL;
   if (!lua_isnil(L, bg_idx)) {
     if (!lua_istable(L, bg_idx)) luaL_argerror(L, 1, "background must be a table");
@@ -979,6 +1272,7 @@ static int server_listen(lua_State *L) {
     if (!setup_worker(L, &s->workers[i], handler, ctx_idx, i + 1)) return fail_listen(L, s);
   if (bg_module && !setup_background(L, s, bg_idx, bg_module, bg_fn, bg_channel))
     return fail_listen(L, s);
+  if (batch_fn && !setup_batch(L, s, handler, batch_fn, ctx_idx)) return fail_listen(L, s);
 
   s->listen_fd = open_listener(&ss, sslen, &s->port);
   if (s->listen_fd < 0) {
@@ -995,6 +1289,7 @@ static int server_listen(lua_State *L) {
   pthread_sigmask(SIG_BLOCK, &block, &old);
 
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC;
+  if (s->batch) flags |= MHD_ALLOW_SUSPEND_RESUME;
   struct MHD_OptionItem opts[] = {
       {MHD_OPTION_LISTEN_SOCKET, s->listen_fd, NULL},
       {MHD_OPTION_CONNECTION_LIMIT, (intptr_t)conn_limit, NULL},
@@ -1008,6 +1303,10 @@ static int server_listen(lua_State *L) {
   s->daemon =
       MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
   int started = s->daemon != NULL;
+  if (started && s->batch) {
+    s->batch->started = pthread_create(&s->batch->thread, NULL, batch_main, s) == 0;
+    started = s->batch->started;
+  }
   if (started) {
     s->reaper_started = pthread_create(&s->reaper, NULL, reaper_main, s) == 0;
     if (s->bg) {
@@ -1196,5 +1495,7 @@ int luaopen_moonops_server(lua_State *L) {
     lua_pop(L, 1);
   }
   luaL_newlib(L, funcs);
+  lua_pushlightuserdata(L, (void *)&defer_marker);
+  lua_setfield(L, -2, "DEFER");
   return 1;
 }

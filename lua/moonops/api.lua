@@ -200,6 +200,27 @@ local function accept(ws, fields, provider, event_name)
   return state.db:tx(accept_in_tx)
 end
 
+-- A deferred delivery travels to the batch thread as one string (the server passes
+-- strings between Lua states): flags (1 = delivery id present, 2 = after present) and
+-- the fields below, length-prefixed.
+local JOB_FORMAT = "Bs4s4s4s4s4s4s4s4s4s4"
+
+local function job_text(req, ws, event, change)
+  local flags = (event.delivery and 1 or 0) | (change.after and 2 or 0)
+  return string.pack(JOB_FORMAT, flags, tostring(ws.id), event.provider, event.event or "push",
+    event.delivery or "", change.ref, change.after or "", req.id or "", req.method or "", req.path or "",
+    req.remote or "")
+end
+
+local function job_of(text)
+  local flags, wid, provider, event, delivery, ref, after, id, method, path, remote = string.unpack(JOB_FORMAT, text)
+  return {
+    wid = wid, provider = provider, event = event, ref = ref,
+    delivery = flags & 1 ~= 0 and delivery or nil, after = flags & 2 ~= 0 and after or nil,
+    req = { id = id, method = method, path = path, remote = remote },
+  }
+end
+
 -- The same few reasons come back on every filtered delivery: encode each once.
 local ignored_cache, ignored_cached = {}, 0
 local function ignored_answer(reason)
@@ -231,6 +252,7 @@ local function webhook_route(req, ws, route_provider)
   local action, detail = webhook.decide(event, ws.branch)
   if action == "ping" then return "ping", answer(200, { pong = true }) end
   if action == "ignore" then return "ignored", ignored_answer(detail) end
+  if state.ctx.batch then return "deferred", server.DEFER, job_text(req, ws, event, detail) end
   local ok, row, how = pcall(accept, ws, { trigger = "webhook", delivery = event.delivery, ref = detail.ref,
     after = detail.after }, event.provider, event.event)
   if not ok or (row == nil and how ~= "full") then
@@ -483,10 +505,11 @@ local function log_request(req, route_name, outcome, status)
   log.write_line(log.line("info", "request", fields))
 end
 
---- handle(req) -> status, headers, body
+--- handle(req) -> status, headers, body (or server.DEFER, job: answered by batch)
 function M.handle(req)
   refresh(req.generation or 0)
   local ok, route_name, outcome, status, headers, body = pcall(route, req)
+  if ok and status == server.DEFER then return status, headers end
   if not ok then
     log.error("request " .. tostring(req.id) .. " failed: " .. tostring(route_name))
     route_name, outcome = "error", "error"
@@ -495,6 +518,76 @@ function M.handle(req)
   log_request(req, route_name, outcome, status)
   if req.method == "HEAD" then body = "" end
   return status, headers, body
+end
+
+local function batch_answer(job, how, row)
+  local req = job.req
+  req.delivery, req.deployment = job.delivery, row and row.id
+  local outcome, status, headers, body
+  if how == "queued" then
+    outcome, status, headers, body = "accepted", 202, JSON_HEADERS, deploy.json_text(row)
+  elseif how == "redelivery" then
+    outcome, status, headers, body = "redelivery", 200, JSON_HEADERS, deploy.json_text(row)
+  elseif how == "full" then
+    outcome = "queue_full"
+    status, headers, body = problem(503, "the deployment queue is full, retry later", { ["Retry-After"] = M.RETRY_AFTER })
+  elseif how == "gone" then
+    outcome = "not_found"
+    status, headers, body = problem(404, "unknown workspace " .. job.wid)
+  else
+    outcome = "unavailable"
+    status, headers, body = problem(503, "the deployment queue is unavailable, retry later",
+      { ["Retry-After"] = M.RETRY_AFTER })
+  end
+  log_request(req, "webhook", outcome, status)
+  return { status, headers, body }
+end
+
+-- One job inside the batch's transaction, in a savepoint of its own so a failure
+-- undoes only its own writes.
+local function accept_one(job)
+  local ws = find_workspace(job.wid)
+  if not ws then return nil, "gone" end
+  accept_job.ws, accept_job.wid = ws, job.wid
+  accept_job.fields = { trigger = "webhook", delivery = job.delivery, ref = job.ref, after = job.after }
+  accept_job.provider, accept_job.event = job.provider, job.event
+  local ok, row, how = pcall(state.db.tx, state.db, accept_in_tx)
+  if not ok or (row == nil and how ~= "full") then
+    log.error("queue a deployment of " .. ws.name .. ": " .. tostring(ok and how or row), { request = job.req.id })
+    return nil, "error"
+  end
+  return row, how
+end
+
+--- batch(jobs, generation) -> {{status, headers, body}, ...}: the deliveries the
+-- workers deferred (accepted pushes), recorded and queued in one transaction, so the
+-- store commits once per batch instead of once per delivery. Nothing is answered
+-- before that commit.
+function M.batch(jobs, generation)
+  refresh(generation or 0)
+  local parsed, rows, hows = {}, {}, {}
+  for i, text in ipairs(jobs) do parsed[i] = job_of(text) end
+  local ok, done, err = pcall(state.db.tx, state.db, function()
+    for i, job in ipairs(parsed) do rows[i], hows[i] = accept_one(job) end
+    return true
+  end)
+  if not ok then
+    err = done
+  elseif done ~= true then
+    ok = false
+  end
+  local out, queued = {}, false
+  for i, job in ipairs(parsed) do
+    if ok then
+      out[i] = batch_answer(job, hows[i], rows[i])
+      queued = queued or hows[i] == "queued"
+    else
+      out[i] = batch_answer(job, "error")
+    end
+  end
+  if not ok then log.error("record " .. #parsed .. " deliveries: " .. tostring(err)) end
+  if queued then state.channel:signal() end
+  return out
 end
 
 --- rejected(req, status, reason): a request refused before Lua ran (413, 503

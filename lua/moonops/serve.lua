@@ -175,12 +175,13 @@ function M.run(settings, opts)
     log.warn("deployment " .. id .. " was interrupted by an earlier stop; marked INTERRUPTED")
   end
   local context = { config = config, channel = M.CHANNEL, log_format = opts.log_format, quiet = opts.quiet,
-    debug = opts.debug }
+    debug = opts.debug, batch = true }
   local addr = opts.listen or settings.server.listen
   local srv, err = server.listen({
     addr = addr,
     workers = opts.workers or settings.server.workers,
     handler = "moonops.api",
+    batch = "batch",
     context = context,
     max_body = settings.server.max_body,
     timeout = settings.server.timeout,
