@@ -1,20 +1,36 @@
 /* moonops.crypto: digests, HMAC, constant-time comparison, randomness, encodings. */
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
 #include "internal.h"
 
 #define HASHER_T "moonops.crypto.hasher"
+#define HMAC_KEY_T "moonops.crypto.hmac_key"
 
 static const char *const alg_names[] = {"sha1", "sha256", "sha384", "sha512", NULL};
+static const char *const fetch_names[] = {"SHA1", "SHA256", "SHA384", "SHA512"};
+
+/* The digests, fetched from the default provider once per process. OpenSSL 3's
+ * implicit fetch (EVP_sha256() passed to HMAC() or EVP_Digest) looks the
+ * algorithm up on every call, under a lock that threads contend for. */
+static EVP_MD *fetched[4];
+static pthread_once_t fetch_once = PTHREAD_ONCE_INIT;
+
+static void fetch_all(void) {
+  for (int i = 0; i < 4; i++)
+    fetched[i] = EVP_MD_fetch(NULL, fetch_names[i], NULL);
+}
 
 static const EVP_MD *check_alg(lua_State *L, int idx) {
-  switch (luaL_checkoption(L, idx, NULL, alg_names)) {
+  int i = luaL_checkoption(L, idx, NULL, alg_names);
+  pthread_once(&fetch_once, fetch_all);
+  if (fetched[i]) return fetched[i];
+  switch (i) {
   case 0: return EVP_sha1();
   case 1: return EVP_sha256();
   case 2: return EVP_sha384();
@@ -33,6 +49,57 @@ static void push_hex(lua_State *L, const unsigned char *p, size_t n) {
   luaL_pushresultsize(&b, n * 2);
 }
 
+/* HMAC (RFC 2104) as two digests whose key blocks are absorbed once: `inner`
+ * and `outer` hold H after (key ^ ipad) and (key ^ opad); each message then
+ * costs a copy of each and the message itself. */
+struct hmac_key {
+  EVP_MD_CTX *inner, *outer, *work;
+};
+
+static void hmac_key_free(struct hmac_key *k) {
+  EVP_MD_CTX_free(k->inner);
+  EVP_MD_CTX_free(k->outer);
+  EVP_MD_CTX_free(k->work);
+  k->inner = k->outer = k->work = NULL;
+}
+
+static int hmac_key_init(struct hmac_key *k, const EVP_MD *md, const char *key, size_t klen) {
+  unsigned char block[128], pad[128];
+  int bs = EVP_MD_get_block_size(md);
+  if (bs <= 0 || bs > (int)sizeof block) return 0;
+  memset(block, 0, sizeof block);
+  if (klen > (size_t)bs) {
+    unsigned int n = 0;
+    if (!EVP_Digest(key, klen, block, &n, md, NULL)) return 0;
+  } else {
+    memcpy(block, key, klen);
+  }
+  k->inner = EVP_MD_CTX_new();
+  k->outer = EVP_MD_CTX_new();
+  k->work = EVP_MD_CTX_new();
+  if (!k->inner || !k->outer || !k->work) return 0;
+  for (int i = 0; i < bs; i++)
+    pad[i] = block[i] ^ 0x36;
+  if (!EVP_DigestInit_ex(k->inner, md, NULL) || !EVP_DigestUpdate(k->inner, pad, (size_t)bs))
+    return 0;
+  for (int i = 0; i < bs; i++)
+    pad[i] = block[i] ^ 0x5c;
+  if (!EVP_DigestInit_ex(k->outer, md, NULL) || !EVP_DigestUpdate(k->outer, pad, (size_t)bs))
+    return 0;
+  OPENSSL_cleanse(block, sizeof block);
+  OPENSSL_cleanse(pad, sizeof pad);
+  return 1;
+}
+
+static int hmac_key_sign(struct hmac_key *k, const char *data, size_t len, unsigned char *out,
+                         unsigned int *olen) {
+  unsigned char ih[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  return EVP_MD_CTX_copy_ex(k->work, k->inner) && EVP_DigestUpdate(k->work, data, len) &&
+         EVP_DigestFinal_ex(k->work, ih, &n) && EVP_MD_CTX_copy_ex(k->work, k->outer) &&
+         EVP_DigestUpdate(k->work, ih, n) && EVP_DigestFinal_ex(k->work, out, olen);
+}
+
 /* crypto.hmac(alg, key, data) -> lowercase hex */
 static int crypto_hmac(lua_State *L) {
   const EVP_MD *md = check_alg(L, 1);
@@ -41,9 +108,73 @@ static int crypto_hmac(lua_State *L) {
   const char *data = luaL_checklstring(L, 3, &dlen);
   unsigned char out[EVP_MAX_MD_SIZE];
   unsigned int olen = 0;
-  if (klen > INT32_MAX) return luaL_argerror(L, 2, "key too long");
-  if (HMAC(md, key, (int)klen, (const unsigned char *)data, dlen, out, &olen) == NULL)
+  struct hmac_key k = {0};
+  int ok = hmac_key_init(&k, md, key, klen) && hmac_key_sign(&k, data, dlen, out, &olen);
+  hmac_key_free(&k);
+  if (!ok) return luaL_error(L, "hmac %s: OpenSSL failure", lua_tostring(L, 1));
+  push_hex(L, out, olen);
+  return 1;
+}
+
+static int hmac_key_close(lua_State *L) {
+  struct hmac_key *k = luaL_checkudata(L, 1, HMAC_KEY_T);
+  hmac_key_free(k);
+  return 0;
+}
+
+/* crypto.hmac_key(alg, key) -> key object whose :hex(data) is crypto.hmac(alg, key, data),
+ * for signing or checking many messages with one secret */
+/* key:matches(data, hex) -> true when hex (either case) is the HMAC of data. The
+ * comparison takes time that depends only on the lengths; anything that is not
+ * the hex of the right length is false. */
+static int hmac_key_matches(lua_State *L) {
+  struct hmac_key *k = mo_checkhandle(L, 1, HMAC_KEY_T, "hmac key");
+  if (k->inner == NULL) return luaL_error(L, "use of a closed hmac key");
+  size_t dlen, glen;
+  const char *data = luaL_checklstring(L, 2, &dlen);
+  const unsigned char *given = (const unsigned char *)luaL_checklstring(L, 3, &glen);
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int olen = 0;
+  if (!hmac_key_sign(k, data, dlen, out, &olen)) return luaL_error(L, "hmac: OpenSSL failure");
+  static const char digits[] = "0123456789abcdef";
+  char want[2 * EVP_MAX_MD_SIZE];
+  for (unsigned int i = 0; i < olen; i++) {
+    want[2 * i] = digits[out[i] >> 4];
+    want[2 * i + 1] = digits[out[i] & 15];
+  }
+  size_t wlen = 2 * (size_t)olen;
+  volatile unsigned char diff = (unsigned char)(glen != wlen);
+  for (size_t i = 0; i < glen; i++) {
+    unsigned char c = given[i];
+    if (c >= 'A' && c <= 'Z') c = (unsigned char)(c + 32);
+    diff |= (unsigned char)(c ^ (unsigned char)want[i < wlen ? i : 0]);
+  }
+  lua_pushboolean(L, diff == 0);
+  return 1;
+}
+
+static int crypto_hmac_key(lua_State *L) {
+  const EVP_MD *md = check_alg(L, 1);
+  size_t klen;
+  const char *key = luaL_checklstring(L, 2, &klen);
+  struct hmac_key *k = (struct hmac_key *)mo_newhandle(L, sizeof *k, HMAC_KEY_T);
+  memset(k, 0, sizeof *k);
+  if (!hmac_key_init(k, md, key, klen)) {
+    hmac_key_free(k);
     return luaL_error(L, "hmac %s: OpenSSL failure", lua_tostring(L, 1));
+  }
+  return 1;
+}
+
+/* key:hex(data) -> lowercase hex HMAC of data */
+static int hmac_key_hex(lua_State *L) {
+  struct hmac_key *k = mo_checkhandle(L, 1, HMAC_KEY_T, "hmac key");
+  if (k->inner == NULL) return luaL_error(L, "use of a closed hmac key");
+  size_t dlen;
+  const char *data = luaL_checklstring(L, 2, &dlen);
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int olen = 0;
+  if (!hmac_key_sign(k, data, dlen, out, &olen)) return luaL_error(L, "hmac: OpenSSL failure");
   push_hex(L, out, olen);
   return 1;
 }
@@ -290,19 +421,18 @@ int luaopen_moonops_crypto(lua_State *L) {
       {NULL, NULL},
   };
   static const luaL_Reg funcs[] = {
-      {"hmac", crypto_hmac},
-      {"digest", crypto_digest},
-      {"hasher", crypto_hasher},
-      {"equal", crypto_equal},
-      {"random", crypto_random},
-      {"uuid", crypto_uuid},
-      {"hex", crypto_hex},
-      {"unhex", crypto_unhex},
-      {"base64", crypto_base64},
-      {"unbase64", crypto_unbase64},
+      {"hmac", crypto_hmac},     {"hmac_key", crypto_hmac_key}, {"digest", crypto_digest},
+      {"hasher", crypto_hasher}, {"equal", crypto_equal},       {"random", crypto_random},
+      {"uuid", crypto_uuid},     {"hex", crypto_hex},           {"unhex", crypto_unhex},
+      {"base64", crypto_base64}, {"unbase64", crypto_unbase64}, {NULL, NULL},
+  };
+  static const luaL_Reg hmac_key_methods[] = {
+      {"hex", hmac_key_hex},
+      {"matches", hmac_key_matches},
       {NULL, NULL},
   };
   mo_newclass(L, HASHER_T, hasher_methods, hasher_close);
+  mo_newclass(L, HMAC_KEY_T, hmac_key_methods, hmac_key_close);
   luaL_newlib(L, funcs);
   return 1;
 }

@@ -27,6 +27,9 @@ local state = {
   generation = 0,
   tokens = {},
   secrets = {}, -- workspace id -> list (cached per settings generation)
+  receive_opts = {}, -- workspace -> route provider -> options for webhook.receive
+  routes = {}, -- path -> {workspace, provider} of webhook paths seen (bounded)
+  nroutes = 0,
   channel = nil,
 }
 
@@ -69,6 +72,8 @@ local function use_settings(s)
   state.settings = s
   state.tokens = read_tokens(s)
   state.secrets = {}
+  state.receive_opts = {}
+  state.routes, state.nroutes = {}, 0
 end
 
 local function refresh(generation)
@@ -237,14 +242,28 @@ end
 -- ---------------------------------------------------------------------------
 -- Routes: each returns outcome, status, headers, body
 
-local function webhook_route(req, ws, route_provider)
-  local opts = { legacy_sha1 = ws.legacy_sha1 }
-  if route_provider ~= "github" then
-    opts.provider = route_provider
-  elseif ws.provider then
-    opts.provider = ws.provider
+-- webhook.receive's options per workspace and route provider (built once per settings).
+local function receive_opts(ws, route_provider)
+  local by_ws = state.receive_opts[ws]
+  if not by_ws then
+    by_ws = {}
+    state.receive_opts[ws] = by_ws
   end
-  local event, status, message = webhook.receive(req.headers, req.body, secrets_of(ws), opts)
+  local opts = by_ws[route_provider]
+  if not opts then
+    opts = { legacy_sha1 = ws.legacy_sha1 }
+    if route_provider ~= "github" then
+      opts.provider = route_provider
+    elseif ws.provider then
+      opts.provider = ws.provider
+    end
+    by_ws[route_provider] = opts
+  end
+  return opts
+end
+
+local function webhook_route(req, ws, route_provider)
+  local event, status, message = webhook.receive(req.headers, req.body, secrets_of(ws), receive_opts(ws, route_provider))
   if not event then
     return status == 401 and "unauthorized" or "bad_request", problem(status, message)
   end
@@ -427,7 +446,16 @@ local function route(req)
     if m ~= "GET" then return "metrics", method_not_allowed("GET") end
     return "metrics", "ok", 200, { ["Content-Type"] = "text/plain; version=0.0.4" }, metrics()
   end
-  local id, provider = path:match("^/api/workspaces/([^/]+)/deployments/([%w_]+)%-webhook/?$")
+  local known = state.routes[path]
+  local id, provider
+  if known then
+    id, provider = known[1], known[2]
+  else
+    id, provider = path:match("^/api/workspaces/([^/]+)/deployments/([%w_]+)%-webhook/?$")
+    if id and state.nroutes < 256 and find_workspace(id) then
+      state.routes[path], state.nroutes = { id, provider }, state.nroutes + 1
+    end
+  end
   if id then
     if m ~= "POST" then return "webhook", method_not_allowed("POST") end
     if provider ~= "github" and not webhook.provider(provider) then

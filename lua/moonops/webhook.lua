@@ -24,18 +24,29 @@ local function hex_of_len(s, n)
   return #s == n and not s:find("[^%x]")
 end
 
+-- Keyed HMAC objects by algorithm and secret: the secret's key blocks are hashed once,
+-- not on every delivery. Bounded, since secrets change on reload.
+local keys, nkeys = { sha1 = {}, sha256 = {} }, 0
+local function key_of(alg, secret)
+  local k = keys[alg][secret]
+  if not k then
+    if nkeys >= 64 then keys, nkeys = { sha1 = {}, sha256 = {} }, 0 end
+    k = crypto.hmac_key(alg, secret)
+    keys[alg][secret], nkeys = k, nkeys + 1
+  end
+  return k
+end
+
 --- Check an HMAC hex signature against every secret (rotation). `given` is the
 -- hex the sender put in `header`; `alg` sha256 or sha1. Returns true or nil, reason.
 function M.check_hmac(alg, header, given, body, secrets)
-  local n = alg == "sha1" and 40 or 64
-  if not hex_of_len(given, n) then return nil, "malformed " .. header end
-  given = given:lower()
   local ok = false
   for _, secret in ipairs(secrets) do
-    if crypto.equal(crypto.hmac(alg, secret, body), given) then ok = true end
+    if key_of(alg, secret):matches(body, given) then ok = true end
   end
-  if not ok then return nil, "invalid " .. header end
-  return true
+  if ok then return true end
+  if not hex_of_len(given, alg == "sha1" and 40 or 64) then return nil, "malformed " .. header end
+  return nil, "invalid " .. header
 end
 
 --- Compare a shared token (GitLab) against every secret, in constant time
@@ -97,12 +108,18 @@ function M.payload_text(headers, body)
   return body
 end
 
+local cjson_decode = cjson.decode
+
 local function decode(headers, body)
-  local text, err = M.payload_text(headers, body)
-  if not text then return nil, err end
+  local text = body
+  if headers["content-type"] ~= "application/json" then
+    local err
+    text, err = M.payload_text(headers, body)
+    if not text then return nil, err end
+  end
   -- cjson directly: only a few top-level strings are read, so moonops.json's
   -- array and integer restoration (a walk over the whole payload) is not needed.
-  local ok, doc = pcall(cjson.decode, text)
+  local ok, doc = pcall(cjson_decode, text)
   if not ok then return nil, "invalid JSON: " .. tostring(doc):gsub("^.-: ", "") end
   if type(doc) ~= "table" or json.is_array(doc) then return nil, "payload is not a JSON object" end
   return doc
@@ -130,16 +147,18 @@ local function parse_github_like(name, event_header, delivery_headers)
   return function(headers, body)
     local doc, err = decode(headers, body)
     if not doc then return nil, err end
-    local delivery
-    for _, h in ipairs(delivery_headers) do delivery = delivery or headers[h] end
-    local event = { provider = name, event = headers[event_header] or "push", delivery = delivery,
-      repository = repo_name(doc) }
-    local changes = {}
-    if str(doc.ref) then
-      local after = str(doc.after)
-      changes[1] = { ref = doc.ref, after = after, deleted = doc.deleted == true or after == ZERO_SHA }
+    local delivery = headers[delivery_headers[1]]
+    for i = 2, #delivery_headers do delivery = delivery or headers[delivery_headers[i]] end
+    local ref = doc.ref
+    if type(ref) ~= "string" then
+      return { provider = name, event = headers[event_header] or "push", delivery = delivery,
+        repository = repo_name(doc), changes = {}, deleted = false }
     end
-    return finish(event, changes)
+    local after = str(doc.after)
+    local deleted = doc.deleted == true or after == ZERO_SHA
+    return { provider = name, event = headers[event_header] or "push", delivery = delivery,
+      repository = repo_name(doc), ref = ref, after = after, deleted = deleted,
+      changes = { { ref = ref, after = after, deleted = deleted } } }
   end
 end
 
@@ -306,10 +325,30 @@ end
 
 --- What to do with a verified event for a workspace deploying `branch`:
 -- "deploy", change | "ping" | "ignore", reason.
+local branch_refs = setmetatable({}, { __index = function(t, branch)
+  local ref = "refs/heads/" .. branch
+  t[branch] = ref
+  return ref
+end })
+-- "ref X is not the deployed branch B" by X and B, so a stream of pushes to other
+-- branches does not build the same string each time (bounded).
+local other_ref, n_other = {}, 0
+local function not_deployed(seen, branch)
+  local by_branch = other_ref[branch]
+  local reason = by_branch and by_branch[seen]
+  if not reason then
+    reason = "ref " .. seen .. " is not the deployed branch " .. branch
+    if n_other >= 1024 then other_ref, n_other = {}, 0 end
+    by_branch = other_ref[branch] or {}
+    other_ref[branch], by_branch[seen], n_other = by_branch, reason, n_other + 1
+  end
+  return reason
+end
+
 function M.decide(event, branch)
   if event.event == "ping" then return "ping" end
   if event.event ~= "push" then return "ignore", "event " .. tostring(event.event) .. " is not a push" end
-  local want = "refs/heads/" .. branch
+  local want = branch_refs[branch]
   local seen
   for _, c in ipairs(event.changes or {}) do
     if c.ref == want then
@@ -319,7 +358,7 @@ function M.decide(event, branch)
     seen = seen or c.ref
   end
   if not seen then return "ignore", "push without a ref" end
-  return "ignore", "ref " .. seen .. " is not the deployed branch " .. branch
+  return "ignore", not_deployed(seen, branch)
 end
 
 return M
