@@ -461,7 +461,9 @@ local function route(req)
     if provider ~= "github" and not webhook.provider(provider) then
       return "webhook", "not_found", problem(404, "unknown webhook provider " .. provider)
     end
-    return "webhook", with_workspace(id, function(ws) return webhook_route(req, ws, provider) end)
+    local ws = find_workspace(id)
+    if not ws then return "webhook", "not_found", problem(404, "unknown workspace " .. id) end
+    return "webhook", webhook_route(req, ws, provider)
   end
   id = path:match("^/api/workspaces/([^/]+)/deployments/?$")
   if id then

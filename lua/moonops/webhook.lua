@@ -154,7 +154,8 @@ local function parse_github_like(name, event_header, delivery_headers)
       return { provider = name, event = headers[event_header] or "push", delivery = delivery,
         repository = repo_name(doc), changes = {}, deleted = false }
     end
-    local after = str(doc.after)
+    local after = doc.after
+    if type(after) ~= "string" then after = nil end
     local deleted = doc.deleted == true or after == ZERO_SHA
     return { provider = name, event = headers[event_header] or "push", delivery = delivery,
       repository = repo_name(doc), ref = ref, after = after, deleted = deleted,
@@ -195,6 +196,7 @@ end
 local builtin = {
   {
     name = "gitlab",
+    markers = { "x-gitlab-token", "x-gitlab-event" },
     detect = function(h) return has(h, "x-gitlab-token", "x-gitlab-event") end,
     verify = function(h, _, secrets)
       local token = h["x-gitlab-token"]
@@ -219,6 +221,7 @@ local builtin = {
   },
   {
     name = "forgejo",
+    markers = { "x-forgejo-event", "x-forgejo-signature", "x-forgejo-delivery" },
     detect = function(h) return has(h, "x-forgejo-event", "x-forgejo-signature", "x-forgejo-delivery") end,
     verify = function(h, body, secrets, opts)
       return verify_hub(h, body, secrets, opts, { "X-Forgejo-Signature", "X-Gitea-Signature" })
@@ -227,6 +230,7 @@ local builtin = {
   },
   {
     name = "gitea",
+    markers = { "x-gitea-event", "x-gitea-signature", "x-gitea-delivery" },
     detect = function(h) return has(h, "x-gitea-event", "x-gitea-signature", "x-gitea-delivery") end,
     verify = function(h, body, secrets, opts)
       return verify_hub(h, body, secrets, opts, { "X-Gitea-Signature" })
@@ -235,6 +239,7 @@ local builtin = {
   },
   {
     name = "bitbucket",
+    markers = { "x-event-key" },
     detect = function(h) return has(h, "x-event-key") end,
     verify = function(h, body, secrets, opts) return verify_hub(h, body, secrets, opts) end,
     parse = function(h, body)
@@ -254,6 +259,7 @@ local builtin = {
   },
   {
     name = "github",
+    markers = { "x-github-event", "x-github-delivery" },
     detect = function(h) return has(h, "x-github-event", "x-github-delivery") end,
     verify = function(h, body, secrets, opts) return verify_hub(h, body, secrets, opts) end,
     parse = parse_github_like("github", "x-github-event", { "x-github-delivery" }),
@@ -279,6 +285,13 @@ function M.register(p)
   return p
 end
 
+-- The headers each built-in provider's detect looks for, checked by M.detect without a
+-- call; a provider that replaces a built-in one is asked through its own detect.
+local builtin_markers = {}
+for _, p in ipairs(builtin) do
+  builtin_markers[p], p.markers = p.markers, nil
+end
+
 for i = #builtin, 1, -1 do M.register(builtin[i]) end
 
 --- The provider registered as `name`, or nil.
@@ -296,8 +309,16 @@ end
 --- The provider a delivery comes from; GitHub when nothing else matches (so an
 -- unsigned request is told which header is missing).
 function M.detect(headers)
-  for _, p in ipairs(providers) do
-    if p.detect(headers) then return p end
+  for i = 1, #providers do
+    local p = providers[i]
+    local markers = builtin_markers[p]
+    if markers then -- a built-in provider: one of its headers is present
+      for j = 1, #markers do
+        if headers[markers[j]] ~= nil then return p end
+      end
+    elseif p.detect(headers) then
+      return p
+    end
   end
   return by_name.github
 end
