@@ -56,11 +56,51 @@ function M.broken() error("background exploded") end
 return M
 ]]
 
+-- Defers every request except /now to M.batch, which answers each job with what it was
+-- given, how many jobs its call had and the reload generation.
+local DEFERRING = [[
+local server = require "moonops.server"
+local M = {}
+local ctx
+function M.init(c, i)
+  ctx = c
+  server.count("defer_init_" .. tostring(c.tag) .. "_" .. i)
+end
+function M.handle(req)
+  if req.path == "/now" then return 200, {}, "now\n" end
+  if req.path == "/badjob" then return server.DEFER, 42 end
+  return server.DEFER, req.path .. "\0" .. req.body
+end
+function M.batch(jobs, generation)
+  server.count("batch_calls_" .. tostring(ctx.tag))
+  server.count("batch_jobs_" .. tostring(ctx.tag), #jobs)
+  if ctx.batch_sleep then os.execute("sleep " .. ctx.batch_sleep) end
+  local out = {}
+  for i, job in ipairs(jobs) do
+    local path, body = job:match("^(.-)%z(.*)$")
+    if path == "/explode" then error("batch exploded") end
+    if path == "/nostatus" then
+      out[i] = { "x" }
+    else
+      out[i] = { 202, { ["X-Batch"] = tostring(#jobs), ["Content-Type"] = "text/plain" },
+        "job=" .. path .. "\nbody=" .. body .. "\nn=" .. #jobs .. "\ngen=" .. generation .. "\n" }
+    end
+  end
+  return out
+end
+function M.rejected(_, status, reason)
+  server.count("defer_rejected_" .. status)
+  server.count("defer_rejected_reason_" .. tostring(reason):sub(1, 30):gsub("[^%w]", "_"))
+end
+return M
+]]
+
 local dir
 local function setup_modules()
   dir = T.sh("mktemp -d /tmp/moonops-server-spec.XXXXXX"):gsub("%s+$", "")
   T.write(dir .. "/spec_handler.lua", HANDLER)
   T.write(dir .. "/spec_background.lua", BACKGROUND)
+  T.write(dir .. "/spec_deferring.lua", DEFERRING)
   T.write(dir .. "/spec_nohandle.lua", "return { init = function() end }")
   T.write(dir .. "/spec_badinit.lua", "return { handle = function() end, init = function() error('init failed here') end }")
   T.write(dir .. "/spec_syntax.lua", "return {")
@@ -377,6 +417,89 @@ time.sleep(30)
       assert.equal(name, srv:wait({ timeout = 10 }))
     end
     assert.equal(201, (curl(T.q(url(srv, "/")))))
+  end)
+
+  describe("deferred requests", function()
+    it("are answered by the batch function, one result per job, in its own state", function()
+      local srv <close> = listen({ handler = "spec_deferring", batch = "batch", workers = 2, context = { tag = "b1" } })
+      local status, headers, body = curl("--data-binary 'payload one' " .. T.q(url(srv, "/first")))
+      assert.equal(202, status)
+      assert.equal("/first", field(body, "job"))
+      assert.equal("payload one", field(body, "body"))
+      assert.equal("1", field(body, "n"))
+      assert.matches("X%-Batch: 1", headers)
+      assert.matches("X%-Request%-Id: %x+", headers)
+      -- the batch state was set up like a worker, with index 0
+      assert.equal(1, server.counts().defer_init_b1_0)
+      assert.equal(1, server.counts().defer_init_b1_1)
+      srv:reload()
+      local _, _, again = curl("--data-binary x " .. T.q(url(srv, "/second")))
+      assert.equal("1", field(again, "gen"))
+      -- requests the handler answers itself are not deferred
+      local now_status, _, now_body = curl(T.q(url(srv, "/now")))
+      assert.equal(200, now_status)
+      assert.equal("now\n", now_body)
+    end)
+
+    it("group the jobs that arrive while a batch runs into the next call", function()
+      local srv <close> = listen({ handler = "spec_deferring", batch = "batch", workers = 2,
+        context = { tag = "b2", batch_sleep = 0.5 } })
+      local d = T.tmpdir()
+      T.sh("for i in $(seq 20); do curl -s -m 30 -o " .. T.q(d) .. "/$i --data-binary body-$i " ..
+        T.q(url(srv, "/burst")) .. "/$i & done; wait")
+      for i = 1, 20 do
+        local body = T.read(d .. "/" .. i) or ""
+        assert.equal("/burst/" .. i, field(body, "job"))
+        assert.equal("body-" .. i, field(body, "body"))
+      end
+      assert.equal(20, server.counts().batch_jobs_b2)
+      -- 20 jobs that arrive while a 0.5 s batch runs cannot each have had a call of their own
+      assert.is_true(server.counts().batch_calls_b2 < 20)
+    end)
+
+    it("answer 500 when the batch function raises or gives no status, and keep serving", function()
+      local srv <close> = listen({ handler = "spec_deferring", batch = "batch", workers = 1, context = { tag = "b3" } })
+      local status, _, body = curl("-d x " .. T.q(url(srv, "/explode")))
+      assert.equal(500, status)
+      assert.equal("internal server error\n", body)
+      assert.equal(500, (curl("-d x " .. T.q(url(srv, "/nostatus")))))
+      assert.equal(202, (curl("-d x " .. T.q(url(srv, "/fine")))))
+    end)
+
+    it("answer 500 without a batch function or without a job string", function()
+      local srv <close> = listen({ handler = "spec_deferring", workers = 1, context = { tag = "b4" } })
+      assert.equal(500, (curl("-d x " .. T.q(url(srv, "/nobatch")))))
+      assert.equal(1, server.counts().defer_rejected_500)
+      assert.equal(1, server.counts().defer_rejected_reason_handler_deferred_a_request_but)
+      local srv2 <close> = listen({ handler = "spec_deferring", batch = "batch", workers = 1, context = { tag = "b5" } })
+      assert.equal(500, (curl("-d x " .. T.q(url(srv2, "/badjob")))))
+      assert.equal(1, server.counts().defer_rejected_reason_handler_deferred_a_request_wit)
+    end)
+
+    it("refuse a batch function the handler module does not have", function()
+      local srv, err = server.listen({ addr = "127.0.0.1:0", handler = "spec_deferring", batch = "nothing",
+        context = { tag = "b7" } })
+      assert.is_nil(srv)
+      assert.matches("handler spec_deferring has no nothing%(jobs%) function", err)
+    end)
+
+    it("are all answered when the server stops while a batch runs", function()
+      local srv = listen({ handler = "spec_deferring", batch = "batch", workers = 2,
+        context = { tag = "b6", batch_sleep = 1 } })
+      local d = T.tmpdir()
+      local port = srv:port()
+      T.sh("(for i in $(seq 6); do curl -s -m 30 -o " .. T.q(d) .. "/$i -w '%{http_code}' " ..
+        "--data-binary b$i http://127.0.0.1:" .. port .. "/stop/$i >" .. T.q(d) .. "/code-$i & done; wait; " ..
+        "touch " .. T.q(d) .. "/all) >/dev/null 2>&1 & sleep 0.4")
+      assert.is_true(srv:stop({ drain = 10, grace = 1 }))
+      T.sh("for _ in $(seq 300); do [ -e " .. T.q(d) .. "/all ] && break; sleep 0.1; done")
+      for i = 1, 6 do
+        assert.equal("202", T.read(d .. "/code-" .. i))
+        assert.equal("/stop/" .. i, field(T.read(d .. "/" .. i), "job"))
+      end
+      assert.equal(6, server.counts().batch_jobs_b6)
+      srv:close()
+    end)
   end)
 
   it("aggregates counters from every thread", function()
