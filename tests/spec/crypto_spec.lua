@@ -32,6 +32,55 @@ describe("moonops.crypto", function()
     end)
   end)
 
+  describe("hmac_key", function()
+    it("signs like hmac for every algorithm, short, block-sized and long keys", function()
+      for _, alg in ipairs { "sha1", "sha256", "sha384", "sha512" } do
+        for _, key in ipairs { "", "k\0e\255y", string.rep("b", 64), string.rep("c", 128), string.rep("x", 200) } do
+          local k = crypto.hmac_key(alg, key)
+          for _, data in ipairs { "", "Hello, World!", string.rep("d", 1000) } do
+            assert.equal(crypto.hmac(alg, key, data), k:hex(data))
+          end
+          k:close()
+        end
+      end
+      -- and against openssl with a key longer than the block (hashed first)
+      local p = assert(io.popen("printf 'data' | openssl dgst -sha256 -mac HMAC -macopt key:" .. string.rep("z", 100)
+        .. " -r"))
+      local hex = p:read("a"):match("^(%x+)")
+      p:close()
+      assert.equal(hex, crypto.hmac_key("sha256", string.rep("z", 100)):hex("data"))
+    end)
+
+    it("matches a signature in either case and nothing else", function()
+      local k = crypto.hmac_key("sha256", "It's a Secret to Everybody")
+      local good = "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+      assert.is_true(k:matches("Hello, World!", good))
+      assert.is_true(k:matches("Hello, World!", good:upper()))
+      assert.is_false(k:matches("Hello, World?", good))
+      assert.is_false(k:matches("Hello, World!", good:sub(1, 63)))
+      assert.is_false(k:matches("Hello, World!", good .. "0"))
+      assert.is_false(k:matches("Hello, World!", ""))
+      assert.is_false(k:matches("Hello, World!", good:sub(1, 63) .. "g"))
+      assert.is_false(k:matches("Hello, World!", string.rep("\0", 64)))
+    end)
+
+    it("raises on misuse and after close", function()
+      assert.has_error(function() crypto.hmac_key("md5", "k") end)
+      assert.has_error(function() crypto.hmac_key("sha256", nil) end)
+      local k = crypto.hmac_key("sha256", "k")
+      assert.has_error(function() k:hex({}) end)
+      assert.has_error(function() k:matches("d", nil) end)
+      k:close()
+      k:close()
+      assert.has_error(function() k:hex("d") end, "use of a closed hmac key")
+      assert.has_error(function() k:matches("d", "00") end, "use of a closed hmac key")
+      do
+        local scoped <close> = crypto.hmac_key("sha1", "k")
+        assert.equal(crypto.hmac("sha1", "k", "d"), scoped:hex("d"))
+      end
+    end)
+  end)
+
   describe("digest and hasher", function()
     it("hash known vectors", function()
       assert.equal("a9993e364706816aba3e25717850c26c9cd0d89d", crypto.digest("sha1", "abc"))
