@@ -77,5 +77,6 @@ int luaopen_moonops_http(lua_State *L);
 int luaopen_moonops_server(lua_State *L);
 int luaopen_moonops_notify(lua_State *L);
 int luaopen_moonops_native(lua_State *L);
+int luaopen_moonops_jsonscan(lua_State *L);
 
 #endif

@@ -185,6 +185,7 @@ static const luaL_Reg preloads[] = {
     {"moonops.config", luaopen_moonops_config},
     {"moonops.notify", luaopen_moonops_notify},
     {"moonops.native", luaopen_moonops_native},
+    {"moonops.jsonscan", luaopen_moonops_jsonscan},
     {NULL, NULL},
 };
 
