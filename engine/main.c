@@ -1,4 +1,5 @@
 /* moonops: hand argv to lua/moonops/cli.lua and exit with what it returns. */
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -6,6 +7,14 @@
 #include "moonops/moonops.h"
 
 int main(int argc, char **argv) {
+  /* glibc gives the top of the heap back to the kernel whenever more than 128 KiB
+   * of it is free, and maps allocations over 128 KiB afresh every time (its
+   * adaptive thresholds only move after such a block is freed). A server whose
+   * requests each allocate and free a few hundred KiB (SQLite's pages, Lua
+   * tables) then spends more time in brk/munmap and page faults than in its
+   * work. Keep up to 4 MiB of free heap and map only blocks over 1 MiB. */
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+  mallopt(M_TRIM_THRESHOLD, 4 << 20);
   lua_State *L = moonops_vm_new();
   if (L == NULL) {
     fputs("moonops: out of memory\n", stderr);

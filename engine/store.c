@@ -38,6 +38,7 @@
 
 #define STORE_MT "moonops.store"
 #define STORE_CACHE 24
+#define STORE_PREPARED_LEVELS 8
 #define STORE_DEFAULT_BUSY_MS 5000
 #define STORE_CHECKPOINT_PAGES 1000       /* SQLite's own autocheckpoint default */
 #define STORE_WAL_LIMIT (8 * 1024 * 1024) /* journal_size_limit: the WAL is cut back to this */
@@ -66,6 +67,9 @@ typedef struct {
   struct writer_lock *writer; /* NULL for read-only or in-memory databases */
   int holding;                /* this connection holds writer->mutex */
   sqlite3_stmt *begin, *commit, *rollback;
+  /* SAVEPOINT mo_spN / RELEASE mo_spN for the first levels of nesting, prepared on
+   * first use (a batch of deliveries runs one savepoint per delivery) */
+  sqlite3_stmt *savepoint[STORE_PREPARED_LEVELS], *release[STORE_PREPARED_LEVELS];
   int ncache;
   sqlite3_stmt *cache[STORE_CACHE]; /* most recently used first */
 } Store;
@@ -179,6 +183,11 @@ static void close_store(Store *s) {
     sqlite3_finalize(s->commit);
     sqlite3_finalize(s->rollback);
     s->begin = s->commit = s->rollback = NULL;
+    for (int i = 0; i < STORE_PREPARED_LEVELS; i++) {
+      sqlite3_finalize(s->savepoint[i]);
+      sqlite3_finalize(s->release[i]);
+      s->savepoint[i] = s->release[i] = NULL;
+    }
     sqlite3_close_v2(s->db); /* rolls back an open transaction */
     s->db = NULL;
   }
@@ -555,6 +564,10 @@ static int control_cached(lua_State *L, Store *s, sqlite3_stmt **slot, const cha
 static int control(lua_State *L, Store *s, const char *fmt, int depth) {
   char sql[64];
   snprintf(sql, sizeof sql, fmt, depth);
+  if (depth < STORE_PREPARED_LEVELS) {
+    int release = fmt[0] == 'R';
+    return control_cached(L, s, release ? &s->release[depth] : &s->savepoint[depth], sql);
+  }
   char *err = NULL;
   int rc = sqlite3_exec(s->db, sql, NULL, NULL, &err);
   sqlite3_free(err);

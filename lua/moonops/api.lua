@@ -177,6 +177,9 @@ end
 -- the delivery recorded. Returns row, "queued" | "redelivery" | "full".
 -- Everything runs inside the one BEGIN ... COMMIT: reads there need no locks of
 -- their own, and the commit is the only write to the WAL.
+-- In a batch (accept_job.batch set), what earlier deliveries of the same batch
+-- established is remembered per workspace id: {queued = the newest id queued}. The
+-- older QUEUED rows are then superseded once, at the end of the batch.
 local accept_job = {}
 local function accept_in_tx()
   local db, ws, fields, wid = state.db, accept_job.ws, accept_job.fields, accept_job.wid
@@ -186,11 +189,17 @@ local function accept_in_tx()
       WHERE v.workspace_id = ? AND v.provider = ? AND v.delivery = ?]], wid, accept_job.provider, delivery)
     if seen then return seen, "redelivery" end
   end
-  local queued = db:one("SELECT 1 AS x FROM deployments WHERE workspace_id = ? AND status = 'QUEUED' LIMIT 1", wid)
-  if not queued and queue_depth(db) >= (state.settings.server.queue_size or M.DEFAULT_QUEUE_SIZE) then
-    return nil, "full"
+  local batch = accept_job.batch
+  local earlier = batch and batch[wid]
+  if not earlier then
+    local queued = db:one("SELECT 1 AS x FROM deployments WHERE workspace_id = ? AND status = 'QUEUED' LIMIT 1", wid)
+    if not queued and queue_depth(db) >= (state.settings.server.queue_size or M.DEFAULT_QUEUE_SIZE) then
+      return nil, "full"
+    end
   end
+  fields.workspace_known, fields.later_supersede = earlier ~= nil, batch ~= nil
   local row = deploy.enqueue(db, ws, fields)
+  if batch then batch[wid] = { ws = ws, newest = row.id } end
   if delivery then
     local _, err = db:exec([[INSERT INTO deliveries(workspace_id, provider, delivery, event, deployment_id, received_at)
       VALUES (?, ?, ?, ?, ?, ?)]], wid, accept_job.provider, delivery, accept_job.event, row.id, row.created_at)
@@ -581,8 +590,10 @@ local function accept_one(job)
   accept_job.ws, accept_job.wid = ws, job.wid
   accept_job.fields = { trigger = "webhook", delivery = job.delivery, ref = job.ref, after = job.after }
   accept_job.provider, accept_job.event = job.provider, job.event
+  local before = accept_job.batch[job.wid]
   local ok, row, how = pcall(state.db.tx, state.db, accept_in_tx)
   if not ok or (row == nil and how ~= "full") then
+    accept_job.batch[job.wid] = before -- its savepoint was rolled back
     log.error("queue a deployment of " .. ws.name .. ": " .. tostring(ok and how or row), { request = job.req.id })
     return nil, "error"
   end
@@ -598,9 +609,12 @@ function M.batch(jobs, generation)
   local parsed, rows, hows = {}, {}, {}
   for i, text in ipairs(jobs) do parsed[i] = job_of(text) end
   local ok, done, err = pcall(state.db.tx, state.db, function()
+    accept_job.batch = {}
     for i, job in ipairs(parsed) do rows[i], hows[i] = accept_one(job) end
+    for _, queued in pairs(accept_job.batch) do deploy.supersede_older(state.db, queued.ws, queued.newest) end
     return true
   end)
+  accept_job.batch = nil
   if not ok then
     err = done
   elseif done ~= true then

@@ -40,21 +40,37 @@ end
 
 -- The queueing itself: a new QUEUED row, older QUEUED rows of the workspace SUPERSEDED.
 -- The row is built from what was inserted (no read back). Returns row, number superseded.
+local function supersede(db, wid, id, t)
+  return exec(db, [[UPDATE deployments SET status = 'SUPERSEDED', finished_at = ?, error = ?
+    WHERE workspace_id = ? AND status = 'QUEUED' AND id < ?]], t or now(), "superseded by deployment " .. id, wid, id)
+end
+
 local function insert_queued(db, ws, trigger, opts)
   local wid = ws_id(ws)
-  local known = one(db, "SELECT name FROM workspaces WHERE id = ?", wid)
-  if not known or known.name ~= ws.name then workspace.ensure(db, ws) end
+  if not opts.workspace_known then
+    local known = one(db, "SELECT name FROM workspaces WHERE id = ?", wid)
+    if not known or known.name ~= ws.name then workspace.ensure(db, ws) end
+  end
   local t = now()
   exec(db, [[INSERT INTO deployments(workspace_id, workspace, status, trigger, delivery, ref, after, created_at)
     VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?)]], wid, ws.name, trigger, opts.delivery, opts.ref, opts.after, t)
   local id = db:last_insert_id()
-  local superseded = exec(db, [[UPDATE deployments SET status = 'SUPERSEDED', finished_at = ?, error = ?
-    WHERE workspace_id = ? AND status = 'QUEUED' AND id < ?]], t, "superseded by deployment " .. id, wid, id)
+  local superseded = 0
+  if not opts.later_supersede then superseded = supersede(db, wid, id, t) end
   return { id = id, workspace_id = wid, workspace = ws.name, status = "QUEUED", trigger = trigger,
     delivery = opts.delivery, ref = opts.ref, after = opts.after, created_at = t }, superseded
 end
 
+--- Inside a transaction that queued several deployments of `ws` with
+-- `later_supersede`: make every QUEUED one older than `newest_id` SUPERSEDED, as
+-- enqueue does one at a time. Returns how many.
+function M.supersede_older(db, ws, newest_id)
+  return supersede(db, ws_id(ws), newest_id)
+end
+
 --- Queue a deployment of `ws`: {trigger=, delivery=, ref=, after=} -> the new row (QUEUED),
+-- (`workspace_known` = the workspaces row is known to be current; `later_supersede` = the
+-- caller calls supersede_older once for many enqueues in its transaction)
 -- and how many older QUEUED deployments of the workspace it made SUPERSEDED, atomically.
 -- Called inside the caller's transaction it joins it (no savepoint of its own): an error
 -- then leaves that transaction to be rolled back by the caller.
