@@ -140,6 +140,35 @@ describe("webhook signatures", function()
     local arr = "[1,2]"
     _, status = webhook.receive(github_headers(arr), arr, { SECRET })
     assert.equal(400, status)
+    -- the whole text is checked, also what is not read: a broken value deep inside,
+    -- text after the object, a number JSON does not allow
+    for _, bad in ipairs({ '{"ref":"refs/heads/main","commits":[{"id":1,}]}', '{"ref":"refs/heads/main"} x',
+      '{"ref":"refs/heads/main","size":01}' }) do
+      local ev, st, msg = webhook.receive(github_headers(bad), bad, { SECRET })
+      assert.is_nil(ev)
+      assert.equal(400, st)
+      assert.matches("^invalid JSON: .* at byte %d+$", msg)
+    end
+  end)
+
+  it("reads a full-size GitHub push payload: ref, after, deleted and the repository name", function()
+    local commits = {}
+    for i = 1, 60 do
+      commits[i] = string.format('{"id":"%040d","message":"change %d \\u00e9\\n","added":[],"removed":[],' ..
+        '"modified":["meltano.yml"],"author":{"name":"Dev","email":"dev@example.com"}}', i, i)
+    end
+    local body = '{"ref":"refs/heads/main","before":"' .. string.rep("0", 40) .. '","after":"' .. string.rep("c", 40) ..
+      '","created":false,"deleted":false,"forced":false,"repository":{"id":1,"name":"ws","full_name":"org/ws",' ..
+      '"private":true,"owner":{"login":"org"},"topics":["a","b"],"clone_url":"https://example.com/org/ws.git"},' ..
+      '"commits":[' .. table.concat(commits, ",") .. '],"head_commit":' .. commits[60] ..
+      ',"pusher":{"name":"dev"},"sender":{"login":"dev","id":7}}'
+    assert.is_true(#body > 10000)
+    local ev = assert(webhook.receive(github_headers(body), body, { SECRET }))
+    assert.equal("refs/heads/main", ev.ref)
+    assert.equal(string.rep("c", 40), ev.after)
+    assert.is_false(ev.deleted)
+    assert.equal("org/ws", ev.repository)
+    assert.same({ { ref = "refs/heads/main", after = string.rep("c", 40), deleted = false } }, ev.changes)
   end)
 end)
 
