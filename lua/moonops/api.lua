@@ -389,6 +389,12 @@ local function metrics()
         label(outcome), status, tostring(counts[k])))
     end
   end
+  add("# HELP moonops_accept_batches_total Transactions that recorded accepted deliveries.")
+  add("# TYPE moonops_accept_batches_total counter")
+  add("moonops_accept_batches_total " .. tostring(counts["accept|batches"] or 0))
+  add("# HELP moonops_accept_batch_deliveries_total Deliveries recorded by those transactions.")
+  add("# TYPE moonops_accept_batch_deliveries_total counter")
+  add("moonops_accept_batch_deliveries_total " .. tostring(counts["accept|deliveries"] or 0))
   local db = state.db
   add("# HELP moonops_queue_depth Deployments queued or running.")
   add("# TYPE moonops_queue_depth gauge")
@@ -629,7 +635,12 @@ function M.batch(jobs, generation)
       out[i] = batch_answer(job, "error")
     end
   end
-  if not ok then log.error("record " .. #parsed .. " deliveries: " .. tostring(err)) end
+  if ok then
+    server.count("accept|batches")
+    server.count("accept|deliveries", #parsed)
+  else
+    log.error("record " .. #parsed .. " deliveries: " .. tostring(err))
+  end
   if queued then state.channel:signal() end
   return out
 end

@@ -2,6 +2,7 @@
 -- history and rollback. Everything goes through arguments (settings, store handle,
 -- workspace), so the functions work from any Lua state, including the server's
 -- worker threads.
+local cjson_encode = require("cjson").encode
 local db_mod = require "moonops.db"
 local fs = require "moonops.fs"
 local json = require "moonops.json"
@@ -120,22 +121,42 @@ function M.to_json(row, opts)
   return out
 end
 
+-- The pieces json_text puts together: for field i, what comes before its value
+-- ('{"after":', ',"commit":', ...) and the whole text when it is null.
+local KEY_TEXT, NULL_TEXT = {}, {}
+for i, f in ipairs(JSON_FIELDS) do
+  KEY_TEXT[i] = (i == 1 and "{" or ",") .. '"' .. f[1] .. '":'
+  NULL_TEXT[i] = KEY_TEXT[i] .. "null"
+end
+
 --- json.encode(M.to_json(row)) .. "\n", byte for byte, written directly: the server answers
--- every accepted delivery with it.
+-- every accepted delivery with it. The pieces go into one table.concat; a string is
+-- passed through json.encode only when it has something to escape.
 function M.json_text(row)
-  local parts = {}
-  for i, f in ipairs(JSON_FIELDS) do
-    local v, text = row[f[2]], "null"
-    if type(v) == "string" and not v:find('[%c"\\]') then
-      text = '"' .. v .. '"'
-    elseif math.type(v) == "integer" then
-      text = tostring(v)
-    elseif v ~= nil then
-      text = json.encode(v)
+  local parts, n = {}, 0
+  for i = 1, #JSON_FIELDS do
+    local v = row[JSON_FIELDS[i][2]]
+    n = n + 1
+    if v == nil then
+      parts[n] = NULL_TEXT[i]
+    else
+      parts[n] = KEY_TEXT[i]
+      -- cjson escapes every character json.encode does (and '/'): when it escaped
+      -- nothing, the string goes in as it is; that test is cheaper than a pattern
+      if type(v) == "string" and (#cjson_encode(v) == #v + 2 or not v:find('[%c"\\]')) then
+        parts[n + 1], parts[n + 2], parts[n + 3] = '"', v, '"'
+        n = n + 3
+      elseif math.type(v) == "integer" then
+        parts[n + 1] = v
+        n = n + 1
+      else
+        parts[n + 1] = json.encode(v)
+        n = n + 1
+      end
     end
-    parts[i] = '"' .. f[1] .. '":' .. text
   end
-  return "{" .. table.concat(parts, ",") .. "}\n"
+  parts[n + 1] = "}\n"
+  return table.concat(parts)
 end
 
 --- History of `ws`, newest first: {limit=} -> list of rows.
