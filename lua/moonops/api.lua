@@ -392,7 +392,7 @@ local function metrics()
   add("# HELP moonops_accept_batches_total Transactions that recorded accepted deliveries.")
   add("# TYPE moonops_accept_batches_total counter")
   add("moonops_accept_batches_total " .. tostring(counts["accept|batches"] or 0))
-  add("# HELP moonops_accept_batch_deliveries_total Deliveries recorded by those transactions.")
+  add("# HELP moonops_accept_batch_deliveries_total Signed pushes to a deployed branch those transactions handled.")
   add("# TYPE moonops_accept_batch_deliveries_total counter")
   add("moonops_accept_batch_deliveries_total " .. tostring(counts["accept|deliveries"] or 0))
   local db = state.db

@@ -266,6 +266,11 @@ describe("moonops serve", function()
     local status, again = request(s, { method = "POST", path = hook_path(), body = body, headers = headers })
     assert.equal(200, status)
     assert.equal(list[1].id, again.id)
+    -- all 101 went through the batch thread's transactions
+    local _, metrics = request(s, { path = "/metrics" })
+    assert.matches("moonops_accept_batch_deliveries_total 101\n", metrics, 1, true)
+    local batches = tonumber(metrics:match("moonops_accept_batches_total (%d+)"))
+    assert.is_true(batches >= 1 and batches <= 101)
   end)
 
   it("coalesces a burst of 50 pushes: the newest commit goes live", function()
