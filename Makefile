@@ -15,7 +15,7 @@ CMAKE_FLAGS += -DMOONOPS_WERROR=ON
 endif
 
 DEB_PACKAGES := build-essential cmake pkg-config git \
-  liblua5.4-dev lua5.4 libyaml-dev libcurl4-openssl-dev libgit2-dev libssl-dev \
+  liblua5.4-dev lua5.4 libyaml-dev libcurl4-openssl-dev libgit2-dev zlib1g-dev libssl-dev \
   libmicrohttpd-dev libsqlite3-dev lua-cjson lua-busted lua-check \
   docker-registry buildah skopeo umoci wrk webhook lighttpd apache2-utils cron \
   busybox-static python3 python3-yaml openssl clang curl procps valgrind linux-perf

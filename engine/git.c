@@ -19,6 +19,8 @@
 #include <unistd.h>
 
 #include <git2.h>
+#include <openssl/evp.h>
+#include <zlib.h>
 
 #include "internal.h"
 
@@ -282,17 +284,22 @@ static int on_push_update(const char *refname, const char *status, void *payload
   return 0;
 }
 
+/* Set n->failure and n->moved for a target ref that is not where it should be. */
+static void note_moved(netctx *n, const char *ref, const git_oid *found, const git_oid *want) {
+  char f[SHA_HEX], w[SHA_HEX];
+  git_oid_tostr(f, sizeof f, found);
+  git_oid_tostr(w, sizeof w, want);
+  snprintf(n->failure, sizeof n->failure, "target moved: %s is at %.12s, expected %.12s", ref,
+           git_oid_is_zero(found) ? "(none)" : f, git_oid_is_zero(want) ? "(none)" : w);
+  n->moved = 1;
+}
+
 static int on_negotiation(const git_push_update **updates, size_t len, void *payload) {
   netctx *n = payload;
   if (!n->has_expect) return 0;
   for (size_t i = 0; i < len; i++) {
     if (!git_oid_equal(&updates[i]->src, &n->expect)) {
-      char found[SHA_HEX], want[SHA_HEX];
-      git_oid_tostr(found, sizeof found, &updates[i]->src);
-      git_oid_tostr(want, sizeof want, &n->expect);
-      snprintf(n->failure, sizeof n->failure, "target moved: %s is at %.12s, expected %.12s",
-               updates[i]->dst_refname, git_oid_is_zero(&updates[i]->src) ? "(none)" : found, want);
-      n->moved = 1;
+      note_moved(n, updates[i]->dst_refname, &updates[i]->src, &n->expect);
       return GIT_EUSER;
     }
   }
@@ -1033,10 +1040,583 @@ static int parse_expect(git_repository *repo, const char *s, git_oid *out) {
   return 0;
 }
 
+/* ---- pushing to a repository on a local path ------------------------------ */
+
 /*
- * repo:push(remote_or_url, refspecs [, {expect=old_sha, credentials=, progress=}]) -> true | nil,
- * err, code code "EMOVED" when the remote ref is not at `expect`, "EREJECTED" when the server
- * refused it.
+ * libgit2 pushes to a path through its pack builder: an object walk, a delta search
+ * and full compression of every object it sends, then the target indexes that pack;
+ * git reuses the deltas it has on disk instead. A push of one commit to a bare
+ * repository on a local path is done here: walk from the new tip and take every
+ * commit, tree and blob the target's object store lacks, without descending into
+ * what it has (an object in a repository comes with everything it reaches: fetch and
+ * receive-pack check that, and gc keeps whatever a kept object reaches). Those
+ * objects go whole (no delta search) and quickly compressed into one pack through
+ * the target's own indexer, which checks and indexes it. Then the ref moves, only if
+ * it is still at the value it had when the push began. Exactly the objects git would
+ * send end up in the target, never others the working copy holds.
+ */
+
+/* A set of object ids: open addressing, the zero id marks a free slot. */
+typedef struct {
+  git_oid *slots;
+  size_t cap, count;
+} oidset;
+
+static size_t oid_hash(const git_oid *id) {
+  size_t h;
+  memcpy(&h, id->id, sizeof h);
+  return h;
+}
+
+/* 1 when `id` was added, 0 when it was there, -1 out of memory. */
+static int oidset_add(oidset *s, const git_oid *id) {
+  if ((s->count + 1) * 2 > s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 4096;
+    git_oid *slots = calloc(cap, sizeof *slots);
+    if (slots == NULL) return -1;
+    for (size_t i = 0; i < s->cap; i++) {
+      if (git_oid_is_zero(&s->slots[i])) continue;
+      size_t j = oid_hash(&s->slots[i]) & (cap - 1);
+      while (!git_oid_is_zero(&slots[j]))
+        j = (j + 1) & (cap - 1);
+      slots[j] = s->slots[i];
+    }
+    free(s->slots);
+    s->slots = slots;
+    s->cap = cap;
+  }
+  size_t j = oid_hash(id) & (s->cap - 1);
+  while (!git_oid_is_zero(&s->slots[j])) {
+    if (git_oid_equal(&s->slots[j], id)) return 0;
+    j = (j + 1) & (s->cap - 1);
+  }
+  s->slots[j] = *id;
+  s->count++;
+  return 1;
+}
+
+typedef struct {
+  git_oid id;
+  git_object_t type;
+  git_odb_object *obj; /* kept from the walk, or NULL: read again when written */
+} object_ref;
+
+typedef struct {
+  object_ref *items;
+  size_t len, cap;
+} object_list;
+
+static int object_list_add(object_list *l, const git_oid *id, git_object_t type) {
+  if (l->len == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 1024;
+    object_ref *items = realloc(l->items, cap * sizeof *items);
+    if (items == NULL) return -1;
+    l->items = items;
+    l->cap = cap;
+  }
+  l->items[l->len].id = *id;
+  l->items[l->len].type = type;
+  l->items[l->len].obj = NULL;
+  l->len++;
+  return 0;
+}
+
+/* Commits and trees read by the walk are kept for the pack up to this many bytes. */
+#define PLAN_KEEP_BYTES ((size_t)64 << 20)
+
+/* What a push sends: objects reachable from the new tip that the target lacks. */
+typedef struct {
+  git_odb *ours, *theirs;
+  oidset seen;  /* queued, sent, or known to be in the target */
+  size_t *todo; /* places in `wanted` of commits and trees still to read */
+  size_t todo_len, todo_cap;
+  object_list wanted; /* what the pack will hold, in the order found */
+  size_t kept;        /* bytes of the objects kept in `wanted` */
+} push_plan;
+
+/* Queue `id` unless it was seen or the target has it. */
+static int plan_consider(push_plan *p, const git_oid *id, git_object_t type) {
+  int added = oidset_add(&p->seen, id);
+  if (added <= 0) return added < 0 ? (git_error_set_oom(), -1) : 0;
+  if (git_odb_exists_ext(p->theirs, id, GIT_ODB_LOOKUP_NO_REFRESH)) return 0;
+  if (object_list_add(&p->wanted, id, type) < 0) return git_error_set_oom(), -1;
+  if (type == GIT_OBJECT_BLOB) return 0;
+  if (p->todo_len == p->todo_cap) {
+    size_t cap = p->todo_cap ? p->todo_cap * 2 : 1024;
+    size_t *todo = realloc(p->todo, cap * sizeof *todo);
+    if (todo == NULL) return git_error_set_oom(), -1;
+    p->todo = todo;
+    p->todo_cap = cap;
+  }
+  p->todo[p->todo_len++] = p->wanted.len - 1;
+  return 0;
+}
+
+static int malformed(const git_oid *id, const char *what) {
+  char hex[SHA_HEX];
+  git_oid_tostr(hex, sizeof hex, id);
+  git_error_set(GIT_ERROR_OBJECT, "malformed %s %s", what, hex);
+  return -1;
+}
+
+/* The tree and parents of a commit, read from its raw text. */
+static int plan_commit(push_plan *p, const git_oid *id, const char *data, size_t len) {
+  const char *s = data, *end = data + len;
+  git_oid next;
+  if (len < 46 || memcmp(s, "tree ", 5) != 0 || s[45] != '\n' ||
+      git_oid_fromstrn(&next, s + 5, GIT_OID_HEXSZ) < 0)
+    return malformed(id, "commit");
+  if (plan_consider(p, &next, GIT_OBJECT_TREE) < 0) return -1;
+  for (s += 46; end - s >= 48 && memcmp(s, "parent ", 7) == 0; s += 48) {
+    if (s[47] != '\n' || git_oid_fromstrn(&next, s + 7, GIT_OID_HEXSZ) < 0)
+      return malformed(id, "commit");
+    if (plan_consider(p, &next, GIT_OBJECT_COMMIT) < 0) return -1;
+  }
+  return 0;
+}
+
+/* The entries of a tree ("<octal mode> <name>\0<20-byte id>" each); submodules are skipped. */
+static int plan_tree(push_plan *p, const git_oid *id, const char *data, size_t len) {
+  const char *s = data, *end = data + len;
+  while (s < end) {
+    unsigned mode = 0;
+    while (s < end && *s >= '0' && *s <= '7')
+      mode = mode * 8 + (unsigned)(*s++ - '0');
+    if (s == end || *s != ' ') return malformed(id, "tree");
+    const char *nul = memchr(s, '\0', (size_t)(end - s));
+    if (nul == NULL || end - nul < 1 + GIT_OID_RAWSZ) return malformed(id, "tree");
+    git_oid entry;
+    git_oid_fromraw(&entry, (const unsigned char *)nul + 1);
+    s = nul + 1 + GIT_OID_RAWSZ;
+    if ((mode & 0170000) == 0160000) continue; /* a submodule's commit lives elsewhere */
+    int rc =
+        plan_consider(p, &entry, (mode & 0170000) == 0040000 ? GIT_OBJECT_TREE : GIT_OBJECT_BLOB);
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
+/* Fill p->wanted starting from `tip`. */
+static int plan_objects(push_plan *p, const git_oid *tip) {
+  int rc = plan_consider(p, tip, GIT_OBJECT_COMMIT);
+  while (rc == 0 && p->todo_len > 0) {
+    size_t at = p->todo[--p->todo_len];
+    object_ref item = p->wanted.items[at];
+    git_odb_object *obj = NULL;
+    if ((rc = git_odb_read(&obj, p->ours, &item.id)) < 0) break;
+    const char *data = git_odb_object_data(obj);
+    size_t len = git_odb_object_size(obj);
+    if (git_odb_object_type(obj) != item.type)
+      rc = malformed(&item.id, item.type == GIT_OBJECT_TREE ? "tree entry" : "commit parent");
+    else if (item.type == GIT_OBJECT_COMMIT)
+      rc = plan_commit(p, &item.id, data, len);
+    else
+      rc = plan_tree(p, &item.id, data, len);
+    if (p->kept + len <= PLAN_KEEP_BYTES) {
+      p->wanted.items[at].obj = obj; /* not item.obj: plan_* may have grown `wanted` */
+      p->kept += len;
+    } else {
+      git_odb_object_free(obj);
+    }
+  }
+  return rc;
+}
+
+static void plan_free(push_plan *p) {
+  for (size_t i = 0; i < p->wanted.len; i++)
+    git_odb_object_free(p->wanted.items[i].obj);
+  free(p->seen.slots);
+  free(p->todo);
+  free(p->wanted.items);
+}
+
+/*
+ * A pack written through the target's indexer, with its SHA-1 trailer. Compression
+ * is most of the work, so objects are read in batches that two threads compress
+ * while this one reads the next batches and feeds the indexer the finished ones in
+ * order. libgit2 objects are only touched by this thread; the others see object
+ * data and their own zlib streams.
+ */
+#define PACK_CHUNK (1 << 20)
+#define PACK_BATCH 256
+#define PACK_BATCH_BYTES ((size_t)8 << 20)
+#define PACK_WORKERS 2
+#define PACK_RING 4 /* batches in flight */
+
+typedef struct {
+  git_odb_object *objs[PACK_BATCH];
+  size_t count;
+  unsigned char *out; /* each object's type and size header, then its zlib stream */
+  size_t len, cap;
+  int done;
+  int failed; /* set by compress_batch: 1 out of memory, 2 zlib */
+} pack_batch;
+
+typedef struct compressor compressor;
+
+typedef struct {
+  compressor *c;
+  z_stream z;
+  int z_ready;
+  pthread_t thread;
+} pack_worker;
+
+struct compressor {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  pack_batch ring[PACK_RING];
+  size_t submitted, claimed, emitted;    /* batch numbers */
+  int quit, threads;                     /* threads running */
+  pack_worker workers[PACK_WORKERS + 1]; /* the last one is for this thread */
+};
+
+static void compress_batch(z_stream *z, pack_batch *b) {
+  b->len = 0;
+  b->failed = 0;
+  for (size_t i = 0; i < b->count; i++) {
+    git_object_t type = git_odb_object_type(b->objs[i]);
+    size_t size = git_odb_object_size(b->objs[i]), rest = size >> 4;
+    size_t need = b->len + 16 + deflateBound(z, (uLong)size);
+    if (need > b->cap) {
+      size_t cap = b->cap ? b->cap : 65536;
+      while (cap < need)
+        cap *= 2;
+      unsigned char *out = realloc(b->out, cap);
+      if (out == NULL) {
+        b->failed = 1;
+        return;
+      }
+      b->out = out;
+      b->cap = cap;
+    }
+    unsigned char *o = b->out + b->len;
+    *o++ = (unsigned char)(((unsigned)type << 4) | (size & 0x0f) | (rest ? 0x80 : 0));
+    for (; rest; rest >>= 7)
+      *o++ = (unsigned char)((rest & 0x7f) | (rest >> 7 ? 0x80 : 0));
+    b->len = (size_t)(o - b->out);
+    if (deflateReset(z) != Z_OK) {
+      b->failed = 2;
+      return;
+    }
+    z->next_in = (unsigned char *)git_odb_object_data(b->objs[i]);
+    z->avail_in = (uInt)size;
+    z->next_out = o;
+    z->avail_out = (uInt)(b->cap - b->len);
+    if (deflate(z, Z_FINISH) != Z_STREAM_END) { /* room enough: deflateBound */
+      b->failed = 2;
+      return;
+    }
+    b->len = b->cap - z->avail_out;
+  }
+}
+
+static void *compressor_main(void *arg) {
+  pack_worker *w = arg;
+  compressor *c = w->c;
+  pthread_mutex_lock(&c->lock);
+  for (;;) {
+    while (c->claimed == c->submitted && !c->quit)
+      pthread_cond_wait(&c->cond, &c->lock);
+    if (c->claimed == c->submitted) break;
+    pack_batch *b = &c->ring[c->claimed++ % PACK_RING];
+    pthread_mutex_unlock(&c->lock);
+    compress_batch(&w->z, b);
+    pthread_mutex_lock(&c->lock);
+    b->done = 1;
+    pthread_cond_broadcast(&c->cond);
+  }
+  pthread_mutex_unlock(&c->lock);
+  return NULL;
+}
+
+/* Start up to PACK_WORKERS threads (none is fine: batches are then compressed here). */
+static int compressor_start(compressor *c, int threads) {
+  for (int i = 0; i <= PACK_WORKERS; i++) {
+    c->workers[i].c = c;
+    if (deflateInit(&c->workers[i].z, Z_BEST_SPEED) != Z_OK) return -1;
+    c->workers[i].z_ready = 1;
+  }
+  if (threads == 0 || pthread_mutex_init(&c->lock, NULL) != 0) return 0;
+  if (pthread_cond_init(&c->cond, NULL) != 0) {
+    pthread_mutex_destroy(&c->lock);
+    return 0;
+  }
+  while (c->threads < threads && c->threads < PACK_WORKERS &&
+         pthread_create(&c->workers[c->threads].thread, NULL, compressor_main,
+                        &c->workers[c->threads]) == 0)
+    c->threads++;
+  if (c->threads == 0) {
+    pthread_cond_destroy(&c->cond);
+    pthread_mutex_destroy(&c->lock);
+  }
+  return 0;
+}
+
+static void compressor_submit(compressor *c) {
+  pack_batch *b = &c->ring[c->submitted % PACK_RING];
+  b->done = 0;
+  if (c->threads == 0) {
+    compress_batch(&c->workers[PACK_WORKERS].z, b);
+    b->done = 1;
+    c->submitted++;
+    return;
+  }
+  pthread_mutex_lock(&c->lock);
+  c->submitted++;
+  pthread_cond_broadcast(&c->cond);
+  pthread_mutex_unlock(&c->lock);
+}
+
+/* The oldest batch not yet emitted, once it is compressed. */
+static pack_batch *compressor_next(compressor *c) {
+  pack_batch *b = &c->ring[c->emitted % PACK_RING];
+  if (c->threads == 0) return b;
+  pthread_mutex_lock(&c->lock);
+  while (!b->done)
+    pthread_cond_wait(&c->cond, &c->lock);
+  pthread_mutex_unlock(&c->lock);
+  return b;
+}
+
+/* Wait for the batches in flight, stop the threads, free everything but the objects. */
+static void compressor_stop(compressor *c) {
+  if (c->threads > 0) {
+    pthread_mutex_lock(&c->lock);
+    c->quit = 1;
+    pthread_cond_broadcast(&c->cond);
+    pthread_mutex_unlock(&c->lock);
+    for (int i = 0; i < c->threads; i++)
+      pthread_join(c->workers[i].thread, NULL);
+    pthread_cond_destroy(&c->cond);
+    pthread_mutex_destroy(&c->lock);
+    c->threads = 0;
+  }
+  for (int i = 0; i <= PACK_WORKERS; i++)
+    if (c->workers[i].z_ready) deflateEnd(&c->workers[i].z);
+  for (int i = 0; i < PACK_RING; i++)
+    free(c->ring[i].out);
+}
+
+typedef struct {
+  git_odb_writepack *wp;
+  git_indexer_progress stats;
+  EVP_MD_CTX *sha;
+  unsigned char *buf; /* bytes waiting to be appended, up to PACK_CHUNK */
+  size_t len;
+  size_t bytes; /* written so far */
+} pack_writer;
+
+static int pack_flush(pack_writer *w) {
+  if (w->len == 0) return 0;
+  int rc = w->wp->append(w->wp, w->buf, w->len, &w->stats);
+  w->len = 0;
+  return rc;
+}
+
+static int pack_put(pack_writer *w, const void *data, size_t len) {
+  const unsigned char *s = data;
+  if (EVP_DigestUpdate(w->sha, data, len) != 1) {
+    git_error_set(GIT_ERROR_OS, "SHA-1 failed");
+    return -1;
+  }
+  w->bytes += len;
+  while (len > 0) {
+    size_t take = PACK_CHUNK - w->len < len ? PACK_CHUNK - w->len : len;
+    memcpy(w->buf + w->len, s, take);
+    w->len += take;
+    s += take;
+    len -= take;
+    if (w->len == PACK_CHUNK) {
+      int rc = pack_flush(w);
+      if (rc < 0) return rc;
+    }
+  }
+  return 0;
+}
+
+/* Read the next objects of `plan` (from *next on) into `b`. */
+static int batch_fill(pack_batch *b, push_plan *plan, size_t *next) {
+  size_t bytes = 0;
+  b->count = 0;
+  while (*next < plan->wanted.len && b->count < PACK_BATCH && bytes < PACK_BATCH_BYTES) {
+    object_ref *item = &plan->wanted.items[*next];
+    git_odb_object *obj = item->obj;
+    item->obj = NULL;
+    int rc = obj ? 0 : git_odb_read(&obj, plan->ours, &item->id);
+    if (rc < 0) return rc;
+    b->objs[b->count++] = obj;
+    (*next)++;
+    bytes += git_odb_object_size(obj);
+    if (git_odb_object_size(obj) > 0xffffffffu) {
+      git_error_set(GIT_ERROR_INVALID, "object too large for a local push");
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static void batch_release(pack_batch *b) {
+  for (size_t i = 0; i < b->count; i++)
+    git_odb_object_free(b->objs[i]);
+  b->count = 0;
+}
+
+/* Write `plan` into `target` as one pack, reporting progress as "pushing". */
+static int write_pack(git_odb *target, push_plan *plan, netctx *n) {
+  pack_writer w;
+  compressor *c = calloc(1, sizeof *c);
+  memset(&w, 0, sizeof w);
+  size_t total = plan->wanted.len, next = 0, written = 0;
+  int rc = -1;
+  w.buf = malloc(PACK_CHUNK);
+  w.sha = EVP_MD_CTX_new();
+  if (c == NULL || w.buf == NULL || w.sha == NULL ||
+      EVP_DigestInit_ex(w.sha, EVP_sha1(), NULL) != 1) {
+    git_error_set_oom();
+    goto done;
+  }
+  /* threads only pay off beyond a batch or two */
+  if (compressor_start(c, total > 2 * PACK_BATCH ? PACK_WORKERS : 0) < 0) {
+    git_error_set(GIT_ERROR_ZLIB, "zlib initialisation failed");
+    goto done;
+  }
+  if ((rc = git_odb_write_pack(&w.wp, target, NULL, NULL)) < 0) goto done;
+  unsigned char head[12] = {'P', 'A', 'C', 'K', 0, 0, 0, 2};
+  for (int i = 0; i < 4; i++)
+    head[8 + i] = (unsigned char)(total >> (24 - 8 * i));
+  if ((rc = pack_put(&w, head, sizeof head)) < 0) goto done;
+  for (;;) {
+    while (c->submitted - c->emitted < PACK_RING && next < total) {
+      if ((rc = batch_fill(&c->ring[c->submitted % PACK_RING], plan, &next)) < 0) goto done;
+      compressor_submit(c);
+    }
+    if (c->emitted == c->submitted) break;
+    pack_batch *b = compressor_next(c);
+    if (b->failed) {
+      if (b->failed == 1)
+        git_error_set_oom();
+      else
+        git_error_set(GIT_ERROR_ZLIB, "compressing an object failed");
+      rc = -1;
+      goto done;
+    }
+    if ((rc = pack_put(&w, b->out, b->len)) < 0) goto done;
+    written += b->count;
+    batch_release(b);
+    c->emitted++;
+    if (n->progress && (rc = on_push_transfer((unsigned)written, (unsigned)total, w.bytes, n)) < 0)
+      goto done;
+  }
+  unsigned char trailer[EVP_MAX_MD_SIZE];
+  if ((rc = pack_flush(&w)) < 0) goto done;
+  if (EVP_DigestFinal_ex(w.sha, trailer, NULL) != 1) {
+    git_error_set(GIT_ERROR_OS, "SHA-1 failed");
+    rc = -1;
+    goto done;
+  }
+  if ((rc = w.wp->append(w.wp, trailer, GIT_OID_RAWSZ, &w.stats)) < 0) goto done;
+  rc = w.wp->commit(w.wp, &w.stats);
+done:
+  if (c) {
+    compressor_stop(c); /* the threads are done with every batch */
+    for (int i = 0; i < PACK_RING; i++)
+      batch_release(&c->ring[i]);
+    free(c);
+  }
+  EVP_MD_CTX_free(w.sha);
+  free(w.buf);
+  if (w.wp) w.wp->free(w.wp); /* removes the temporary pack unless committed */
+  return rc;
+}
+
+#define LOCAL_PUSH_UNSUPPORTED 1
+
+/*
+ * Push `spec` ("src:refs/...") to the bare repository at `path`. Returns 0, a libgit2
+ * error (n->failure and n->moved say more), or LOCAL_PUSH_UNSUPPORTED when libgit2's
+ * transport should do it (forced or deleting refspecs, a non-bare or shallow target,
+ * a symbolic target ref, anything that is not a commit).
+ */
+static int push_local(git_repository *repo, const char *path, const char *spec, netctx *n) {
+  const char *colon = strchr(spec, ':');
+  if (spec[0] == '+' || colon == NULL || colon == spec || strncmp(colon + 1, "refs/", 5) != 0)
+    return LOCAL_PUSH_UNSUPPORTED;
+  const char *dst = colon + 1;
+  char *src = strndup(spec, (size_t)(colon - spec));
+  git_repository *target = NULL;
+  git_reference *ref = NULL, *moved = NULL;
+  git_object *obj = NULL;
+  git_odb *theirs = NULL;
+  push_plan plan;
+  memset(&plan, 0, sizeof plan);
+  git_oid tip, cur;
+  memset(&cur, 0, sizeof cur);
+  int rc = LOCAL_PUSH_UNSUPPORTED;
+  if (src == NULL || git_revparse_single(&obj, repo, src) < 0 ||
+      git_object_type(obj) != GIT_OBJECT_COMMIT ||
+      git_repository_open_ext(&target, path, GIT_REPOSITORY_OPEN_NO_SEARCH, NULL) < 0 ||
+      !git_repository_is_bare(target) || git_repository_is_shallow(target))
+    goto done;
+  git_oid_cpy(&tip, git_object_id(obj));
+  int lr = git_reference_lookup(&ref, target, dst);
+  if (lr == 0 && git_reference_type(ref) != GIT_REFERENCE_DIRECT) goto done;
+  if (lr == 0)
+    git_oid_cpy(&cur, git_reference_target(ref));
+  else if (lr != GIT_ENOTFOUND)
+    goto done;
+  git_error_clear();
+
+  if (n->has_expect && !git_oid_equal(&cur, &n->expect)) {
+    note_moved(n, dst, &cur, &n->expect);
+    rc = GIT_EUSER;
+    goto done;
+  }
+  if (git_oid_equal(&cur, &tip)) {
+    rc = 0; /* up to date */
+    goto done;
+  }
+  if ((rc = git_repository_odb(&plan.ours, repo)) < 0) goto done;
+  if (!git_oid_is_zero(&cur)) {
+    if (!git_odb_exists(plan.ours, &cur) || git_graph_descendant_of(repo, &tip, &cur) != 1) {
+      git_error_clear();
+      rc = GIT_ENONFASTFORWARD;
+      goto done;
+    }
+  }
+  if ((rc = git_repository_odb(&theirs, target)) < 0) goto done;
+  plan.theirs = theirs;
+  if ((rc = plan_objects(&plan, &tip)) < 0) goto done;
+  if (plan.wanted.len > 0 && (rc = write_pack(theirs, &plan, n)) < 0) goto done;
+  if (git_oid_is_zero(&cur))
+    rc = git_reference_create(&moved, target, dst, &tip, 0, "push");
+  else
+    rc = git_reference_create_matching(&moved, target, dst, &tip, 1, &cur, "push");
+  if (rc == GIT_EMODIFIED || rc == GIT_EEXISTS) {
+    git_oid now;
+    if (git_reference_name_to_id(&now, target, dst) < 0) memset(&now, 0, sizeof now);
+    git_error_clear();
+    note_moved(n, dst, &now, &cur);
+    rc = GIT_EUSER;
+  }
+done:
+  git_reference_free(moved);
+  git_reference_free(ref);
+  git_object_free(obj);
+  git_odb_free(plan.ours);
+  git_odb_free(theirs);
+  plan_free(&plan);
+  git_repository_free(target);
+  free(src);
+  if (rc == LOCAL_PUSH_UNSUPPORTED) git_error_clear();
+  return rc;
+}
+
+/*
+ * repo:push(remote_or_url, refspecs [, {expect=old_sha, credentials=, progress=, direct=}])
+ *   -> true | nil, err, code
+ * code "EMOVED" when the remote ref is not at `expect` (or moved during the push), "EREJECTED"
+ * when the server refused it. One refspec to a bare repository on a local path is written
+ * directly (see push_local); direct=false goes through libgit2's transport instead.
  */
 static int repo_push(lua_State *L) {
   git_repository *repo = check_repo(L, 1);
@@ -1058,11 +1638,16 @@ static int repo_push(lua_State *L) {
   git_push_options_init(&po, GIT_PUSH_OPTIONS_VERSION);
   po.pb_parallelism = 0; /* one pack-building thread per CPU */
   netctx_callbacks(&n, &po.callbacks);
+  int direct = opts ? mo_optfield_boolean(L, opts, "direct", 1) : 1;
   git_remote *remote = NULL;
   int named;
   int rc = open_remote(&remote, repo, name, &named);
   if (rc < 0) return fail_git(L, rc, "push %s", name);
-  rc = git_remote_push(remote, &specs, &po);
+  const char *url =
+      git_remote_pushurl(remote) ? git_remote_pushurl(remote) : git_remote_url(remote);
+  const char *path = direct && specs.count == 1 ? local_repository_path(url) : NULL;
+  rc = path ? push_local(repo, path, specs.strings[0], &n) : LOCAL_PUSH_UNSUPPORTED;
+  if (rc == LOCAL_PUSH_UNSUPPORTED) rc = git_remote_push(remote, &specs, &po);
   git_remote_free(remote);
 
   char target[1200], safe[512];
@@ -1643,6 +2228,7 @@ typedef struct {
   int match; /* stack index of a list of fnmatch patterns, or 0 */
   lua_Integer files;
   char failure[1024];
+  git_index *index; /* when filling a new work tree: entries with the files' stat data */
 } export_ctx;
 
 static int safe_name(const char *name) {
@@ -1682,6 +2268,37 @@ static int write_all(int fd, const char *data, size_t len) {
     }
     data += w;
     len -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Add the file just written at `path` to the index with its stat data, as git's checkout
+ * does, so that no later status has to read and hash it again. */
+static int index_written(export_ctx *x, const git_tree_entry *entry, const char *path,
+                         const char *rel) {
+  struct stat st;
+  if (lstat(path, &st) < 0) {
+    snprintf(x->failure, sizeof x->failure, "stat %s: %s", rel, strerror(errno));
+    return -1;
+  }
+  git_index_entry e;
+  memset(&e, 0, sizeof e);
+  e.ctime.seconds = (int32_t)st.st_ctim.tv_sec;
+  e.ctime.nanoseconds = (uint32_t)st.st_ctim.tv_nsec;
+  e.mtime.seconds = (int32_t)st.st_mtim.tv_sec;
+  e.mtime.nanoseconds = (uint32_t)st.st_mtim.tv_nsec;
+  e.dev = (uint32_t)st.st_dev;
+  e.ino = (uint32_t)st.st_ino;
+  e.mode = git_tree_entry_filemode(entry);
+  e.uid = st.st_uid;
+  e.gid = st.st_gid;
+  e.file_size = (uint32_t)st.st_size;
+  git_oid_cpy(&e.id, git_tree_entry_id(entry));
+  e.path = rel;
+  if (git_index_add(x->index, &e) < 0) {
+    const git_error *err = git_error_last();
+    snprintf(x->failure, sizeof x->failure, "index %s: %s", rel, err ? err->message : "failed");
+    return -1;
   }
   return 0;
 }
@@ -1754,6 +2371,7 @@ static int export_entry(const char *root, const git_tree_entry *entry, void *pay
     }
   }
   git_blob_free(blob);
+  if (rc == 0 && x->index) rc = index_written(x, entry, path, rel);
   if (rc == 0) x->files++;
 out:
   free(path);
@@ -1767,7 +2385,7 @@ static int repo_export(lua_State *L) {
   git_repository *repo = check_repo(L, 1);
   const char *rev = luaL_checkstring(L, 2);
   const char *dir = luaL_checkstring(L, 3);
-  export_ctx x = {repo, dir, L, 0, 0, ""};
+  export_ctx x = {repo, dir, L, 0, 0, "", NULL};
   if (lua_istable(L, 4)) {
     if (lua_getfield(L, 4, "match") == LUA_TTABLE)
       x.match = lua_absindex(L, -1);
@@ -1809,7 +2427,6 @@ static int populate_workdir(lua_State *L, git_repository *repo, git_commit *comm
                             size_t size) {
   git_index *idx = NULL;
   git_tree *tree = NULL;
-  git_status_list *status = NULL;
   int rc, slow = 0;
   const char *wd = git_repository_workdir(repo);
   if (!wd) return 1;
@@ -1831,7 +2448,7 @@ static int populate_workdir(lua_State *L, git_repository *repo, git_commit *comm
     size_t n = strlen(dir);
     while (n > 1 && dir[n - 1] == '/')
       dir[--n] = '\0';
-    export_ctx x = {repo, dir, L, 0, 0, ""};
+    export_ctx x = {repo, dir, L, 0, 0, "", idx};
     rc = git_tree_walk(tree, GIT_TREEWALK_PRE, export_entry, &x);
     if (rc != 0) {
       snprintf(failure, size, "%s", x.failure);
@@ -1839,17 +2456,8 @@ static int populate_workdir(lua_State *L, git_repository *repo, git_commit *comm
       goto done;
     }
   }
-  if ((rc = git_index_read_tree(idx, tree)) < 0 || (rc = git_index_write(idx)) < 0) goto done;
-  {
-    /* one status pass hashes each file once and records its stat data in the index */
-    git_status_options so;
-    git_status_options_init(&so, GIT_STATUS_OPTIONS_VERSION);
-    so.show = GIT_STATUS_SHOW_INDEX_AND_WORKDIR;
-    so.flags = GIT_STATUS_OPT_UPDATE_INDEX | GIT_STATUS_OPT_EXCLUDE_SUBMODULES;
-    rc = git_status_list_new(&status, repo, &so);
-  }
+  rc = git_index_write(idx);
 done:
-  git_status_list_free(status);
   git_tree_free(tree);
   git_index_free(idx);
   return rc;

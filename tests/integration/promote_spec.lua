@@ -283,6 +283,29 @@ describe("moonops promote", function()
     end
   end)
 
+  it("pushes to a plain path only what the target lacks, never the source's other branches", function()
+    local sb = sandbox()
+    build(sb, { base = { f = "1\n", ["d/keep.sql"] = "k\n" }, src = { { f = "source\n", ["d/new.sql"] = "n\n" } },
+      dst = { { g = "target\n" } } })
+    local src, dst = sb.srv .. "/src.git", sb.srv .. "/dst-moonops.git"
+    sb.git(sb.root .. "/src-work", "git checkout -q -b wip && echo unfinished > wip.txt && git add wip.txt"
+      .. " && git commit -qm wip && git push -q " .. T.q(src) .. " wip")
+    local wip_blob = sb.git(src, "git rev-parse wip:wip.txt")
+    local before = sb.tip(dst)
+    local r = sb.moonops({ "promote", "--from", src, "--to", dst, "--yes", "--json" })
+    assert.equal(0, r.code, r.stderr)
+    local out = json.decode(r.stdout)
+    assert.equal("pushed", out.status)
+    assert.equal(out.commit, sb.tip(dst))
+    assert.equal(before .. "\n" .. sb.tip(src), sb.git(dst, "git rev-parse main^@"))
+    assert.equal("", sb.git(dst, "git fsck --full --no-dangling 2>&1 | grep -v -e '^Checking' -e '^notice' || true"))
+    assert.is_false(select(2, sb.sh(dst, "git cat-file -e " .. wip_blob)))
+    -- one new pack holding exactly what the new tip reaches and the old one does not
+    local newest = sb.git(dst, "ls -t objects/pack/*.idx"):match("^[^\n]+")
+    assert.equal(sb.git(dst, "git rev-list --objects main --not " .. before .. " | cut -d' ' -f1 | sort"),
+      sb.git(dst, "git show-index < " .. T.q(newest) .. " | cut -d' ' -f2 | sort"))
+  end)
+
   it("refuses to push without --yes when stdin is not a terminal", function()
     local sb = sandbox()
     local src, dst = simple(sb)

@@ -327,6 +327,8 @@ describe("moonops.git", function()
         assert(repo:update_ref("refs/heads/main", "refs/remotes/origin/main"))
         assert.is_true(repo:checkout("main", { force = true, populate = true }))
         assert.equal("b\n", T.read(sb.root .. "/w/a/b.txt"))
+        -- the index has each file's stat data: git finds nothing to look at again
+        assert.equal("", sb.git(sb.root .. "/w", "git diff-files --name-only"))
         assert.is_true(repo:is_clean())
         assert.equal("", sb.git(sb.root .. "/w", "git status --porcelain"))
         T.write(sb.root .. "/w/a/b.txt", "changed\n")
@@ -412,6 +414,235 @@ describe("moonops.git", function()
       assert.is_string(r.conflicts[1].ours)
       assert.is_nil(r.conflicts[1].theirs)
       assert.has_error(function() repo:merge("main", "theirs", { favor = "sideways" }) end)
+    end)
+  end)
+
+  describe("pushing to a repository on a local path", function()
+    -- srv/dst.git (bare, the target) and a bare working copy `wc` that has fetched it
+    -- and `src` (a work repository with a side branch the push must not carry).
+    local function setup(sb, opts)
+      opts = opts or {}
+      local src = sb.repo("src", opts.src_files or { ["pipelines/a.sql"] = "select 1\n", shared = "s\n" })
+      sb.commit(src, { ["pipelines/b.sql"] = "select 2\n" }, "source two")
+      sb.git(src, "git checkout -q -b side && echo only-on-side > side.txt && git add side.txt"
+        .. " && git commit -qm side && git checkout -q main")
+      local dst_work = sb.repo("dst-work", opts.dst_files or { ["target.txt"] = "t\n" })
+      if opts.dst_steps then opts.dst_steps(dst_work) end
+      os.execute("mkdir -p " .. T.q(sb.root .. "/srv"))
+      sb.git(sb.root, "git clone -q --mirror dst-work srv/dst.git")
+      local wc = assert(git.init(sb.root .. "/wc", { bare = true }))
+      assert(wc:fetch(sb.root .. "/srv/dst.git", { "+refs/heads/main:refs/remotes/origin/main" }))
+      assert(wc:fetch(src, { "+refs/heads/*:refs/remotes/src/*" }))
+      return wc, src, sb.root .. "/srv/dst.git"
+    end
+    local function merged(wc, message)
+      local r = assert(wc:merge("refs/remotes/origin/main", "refs/remotes/src/main",
+        { favor = "theirs", allow_unrelated = true, message = message or "merge\n" }))
+      assert(wc:update_ref("refs/moonops/promote/main", r.commit))
+      return r.commit
+    end
+    -- what git would have to send: objects of `tip` not reachable from the target's refs
+    -- and not already in its object store (the git CLI as the oracle)
+    local function missing(sb, wc_path, bare, tip)
+      local refs = sb.git(bare, "git for-each-ref --format='%(objectname)'"):gsub("\n", " ")
+      return sb.git(wc_path, "git rev-list --objects " .. tip .. " --not " .. refs
+        .. " | cut -d' ' -f1 | git --git-dir=" .. T.q(bare) .. " cat-file --batch-check='%(objectname) %(objecttype)'"
+        .. " | awk '$2 == \"missing\" { print $1 }' | sort")
+    end
+    -- the object ids in the packs of `bare` that are not in `before` (from pack_files)
+    local function new_objects(sb, bare, before)
+      local out = {}
+      for idx in sb.git(bare, "ls objects/pack/*.idx 2>/dev/null || true"):gmatch("[^\n]+") do
+        if not before[idx] then
+          out[#out + 1] = sb.git(bare, "git show-index < " .. T.q(idx) .. " | cut -d' ' -f2 | sort")
+        end
+      end
+      return table.concat(out, "\n")
+    end
+    -- the files of objects/pack, as a set
+    local function pack_files(sb, bare)
+      local set = {}
+      for f in sb.git(bare, "ls objects/pack"):gmatch("[^\n]+") do set["objects/pack/" .. f] = true end
+      return set
+    end
+
+    it("writes exactly the objects the target lacks as one pack, then moves the ref", function()
+      local sb = sandbox()
+      local wc <close>, src, bare = setup(sb)
+      local old = wc:resolve("refs/remotes/origin/main")
+      local tip = merged(wc) -- unrelated histories: the merge has both tips as parents
+      local want = missing(sb, sb.root .. "/wc", bare, tip)
+      local before = pack_files(sb, bare)
+      local events = {}
+      assert.is_true(wc:push(bare, { "refs/moonops/promote/main:refs/heads/main" },
+        { expect = old, progress = function(e) events[#events + 1] = e end }))
+      assert.equal(tip, sb.git(bare, "git rev-parse main"))
+      assert.equal(old .. "\n" .. sb.git(src, "git rev-parse main"), sb.git(bare, "git rev-parse main^@"))
+      assert.equal(want, new_objects(sb, bare, before))
+      assert.equal("", sb.git(bare, "git fsck --full --no-dangling 2>&1 | grep -v -e '^Checking' -e '^notice' || true"))
+      -- the source's other branch stays out of the target
+      local side_blob = sb.git(src, "git rev-parse side:side.txt")
+      assert.is_false(select(2, T.sh("git --git-dir=" .. T.q(bare) .. " cat-file -e " .. side_blob .. " 2>/dev/null")))
+      -- progress: the objects written, as "pushing"
+      assert.is_true(#events > 0)
+      local last = events[#events]
+      assert.equal("pushing", last.phase)
+      assert.equal(select(2, want:gsub("\n", "")) + 1, last.total)
+      assert.equal(last.total, last.current)
+      assert.is_true(last.bytes > 0)
+      -- pushing the same again changes nothing
+      local after = pack_files(sb, bare)
+      assert.is_true(wc:push(bare, { "refs/moonops/promote/main:refs/heads/main" }, { expect = tip }))
+      assert.same(after, pack_files(sb, bare))
+    end)
+
+    it("compresses a large push on several threads into one valid pack", function()
+      local sb = sandbox()
+      local wc <close>, src, bare = setup(sb)
+      -- 400 more commits on the source, each with a new file in its own directory
+      local stream = {}
+      for c = 1, 400 do
+        local body = string.format("-- change %d\nselect %d as id\n", c, c)
+        stream[#stream + 1] = string.format("commit refs/heads/main\ncommitter S <s@example.com> %d +0000\n"
+          .. "data 7\nchange\n%sM 100644 inline d%03d/f%d.sql\ndata %d\n%s\n", 1700000000 + c,
+          c == 1 and "from refs/heads/main^0\n" or "", c % 50, c, #body, body)
+      end
+      T.write(sb.root .. "/stream", table.concat(stream))
+      sb.git(src, "git fast-import --quiet < ../stream")
+      assert(wc:fetch(src, { "+refs/heads/*:refs/remotes/src/*" }))
+      local old = wc:resolve("refs/remotes/origin/main")
+      local tip = merged(wc)
+      local want = missing(sb, sb.root .. "/wc", bare, tip)
+      assert.is_true(select(2, want:gsub("\n", "")) > 1500)
+      local before = pack_files(sb, bare)
+      local seen = {}
+      assert.is_true(wc:push(bare, { "refs/moonops/promote/main:refs/heads/main" },
+        { expect = old, progress = function(e) seen[#seen + 1] = e.current end }))
+      assert.equal(tip, sb.git(bare, "git rev-parse main"))
+      assert.equal(want, new_objects(sb, bare, before))
+      assert.equal("", sb.git(bare, "git fsck --full --no-dangling 2>&1 | grep -v -e '^Checking' -e '^notice' || true"))
+      assert.is_true(#seen > 1)
+      for i = 2, #seen do assert.is_true(seen[i] > seen[i - 1]) end
+    end)
+
+    it("leaves out what the target already has, and creates a new ref only where none is", function()
+      local sb = sandbox()
+      local wc <close>, src, bare = setup(sb, {
+        -- the target's other branch already holds the source's pipelines/ tree and `shared`
+        dst_steps = function(dir)
+          sb.git(dir, "git checkout -q -b other && mkdir -p pipelines && printf 'select 1\\n' > pipelines/a.sql"
+            .. " && printf 'select 2\\n' > pipelines/b.sql && printf 's\\n' > shared && git add -A"
+            .. " && git commit -qm other && git checkout -q main")
+        end })
+      local tip = merged(wc)
+      local want = missing(sb, sb.root .. "/wc", bare, tip)
+      local tree = sb.git(src, "git rev-parse main:pipelines")
+      assert.equal(tree, sb.git(bare, "git rev-parse other:pipelines"))
+      local before = pack_files(sb, bare)
+      assert.is_true(wc:push(bare, { "refs/moonops/promote/main:refs/heads/main" },
+        { expect = wc:resolve("refs/remotes/origin/main") }))
+      local sent = new_objects(sb, bare, before)
+      assert.equal(want, sent)
+      assert.is_nil(sent:find(tree, 1, true))
+      assert.is_nil(sent:find(sb.git(src, "git rev-parse main:shared"), 1, true))
+      assert.equal("", sb.git(bare, "git fsck --full --no-dangling 2>&1 | grep -v -e '^Checking' -e '^notice' || true"))
+      -- a branch the target does not have yet: expect "" creates it, and only then
+      assert.is_true(wc:push(bare, { "refs/remotes/src/side:refs/heads/side" }, { expect = "" }))
+      assert.equal(sb.git(src, "git rev-parse side"), sb.git(bare, "git rev-parse side"))
+      local ok, err, code = wc:push(bare, { "refs/remotes/src/main:refs/heads/side" }, { expect = "" })
+      assert.is_nil(ok)
+      assert.equal("EMOVED", code)
+      assert.matches("target moved: refs/heads/side is at %x+, expected %(none%)", err)
+    end)
+
+    it("pushes nothing when the target moved since it was fetched", function()
+      local sb = sandbox()
+      local wc <close>, _, bare = setup(sb)
+      local old = wc:resolve("refs/remotes/origin/main")
+      merged(wc)
+      sb.git(sb.root, "git clone -q " .. T.q(bare) .. " mover")
+      local moved = sb.commit(sb.root .. "/mover", { ["target.txt"] = "moved\n" })
+      sb.git(sb.root .. "/mover", "git push -q origin main")
+      local before = pack_files(sb, bare)
+      local ok, err, code = wc:push(bare, { "refs/moonops/promote/main:refs/heads/main" }, { expect = old })
+      assert.is_nil(ok)
+      assert.equal("EMOVED", code)
+      assert.equal(string.format("push %s refs/heads/main: target moved: refs/heads/main is at %s, expected %s",
+        bare, moved:sub(1, 12), old:sub(1, 12)), err)
+      assert.equal(moved, sb.git(bare, "git rev-parse main"))
+      assert.same(before, pack_files(sb, bare))
+    end)
+
+    it("does not move the ref when it moves while the objects are written", function()
+      local sb = sandbox()
+      local wc <close>, _, bare = setup(sb)
+      local old = wc:resolve("refs/remotes/origin/main")
+      merged(wc)
+      local moved = sb.commit(sb.root .. "/dst-work", { ["target.txt"] = "moved\n" })
+      local done = false
+      local ok, err, code = wc:push(bare, { "refs/moonops/promote/main:refs/heads/main" }, { expect = old,
+        progress = function()
+          if not done then
+            done = true
+            sb.git(sb.root .. "/dst-work", "git push -q " .. T.q(bare) .. " main")
+          end
+        end })
+      assert.is_true(done)
+      assert.is_nil(ok)
+      assert.equal("EMOVED", code)
+      assert.matches("target moved: refs/heads/main is at " .. moved:sub(1, 12), err)
+      assert.equal(moved, sb.git(bare, "git rev-parse main"))
+    end)
+
+    it("rejects a non-fast-forward push and writes nothing", function()
+      local sb = sandbox()
+      local wc <close>, _, bare = setup(sb)
+      merged(wc)
+      -- the target has a commit the working copy does not
+      sb.commit(sb.root .. "/dst-work", { ["target.txt"] = "elsewhere\n" })
+      sb.git(sb.root .. "/dst-work", "git push -q " .. T.q(bare) .. " main")
+      local before = pack_files(sb, bare)
+      local ok, err, code = wc:push(bare, { "refs/moonops/promote/main:refs/heads/main" })
+      assert.is_nil(ok)
+      assert.equal("EREJECTED", code)
+      assert.equal("push " .. bare .. " refs/heads/main: rejected (non-fast-forward)", err)
+      assert.same(before, pack_files(sb, bare))
+      -- an older commit is not a fast-forward either
+      assert(wc:fetch(bare, { "+refs/heads/main:refs/remotes/origin/main" }))
+      assert(wc:update_ref("refs/heads/older", "refs/remotes/origin/main~1"))
+      ok, err, code = wc:push(bare, { "refs/heads/older:refs/heads/main" })
+      assert.is_nil(ok)
+      assert.equal("EREJECTED", code)
+      assert.matches("rejected %(non%-fast%-forward%)$", err)
+      assert.same(before, pack_files(sb, bare))
+    end)
+
+    it("stops when the progress function raises, leaving the target as it was", function()
+      local sb = sandbox()
+      local wc <close>, _, bare = setup(sb)
+      local old = wc:resolve("refs/remotes/origin/main")
+      merged(wc)
+      local before = pack_files(sb, bare)
+      local ok, err = wc:push(bare, { "refs/moonops/promote/main:refs/heads/main" },
+        { expect = old, progress = function() error("interrupted by the user") end })
+      assert.is_nil(ok)
+      assert.matches("interrupted by the user", err)
+      assert.equal(old, sb.git(bare, "git rev-parse main"))
+      assert.same(before, pack_files(sb, bare))
+    end)
+
+    it("goes through libgit2's transport with direct=false, and refuses a non-bare target", function()
+      local sb = sandbox()
+      local wc <close>, _, bare = setup(sb)
+      local old = wc:resolve("refs/remotes/origin/main")
+      local tip = merged(wc)
+      assert.is_true(wc:push(bare, { "refs/moonops/promote/main:refs/heads/main" }, { expect = old, direct = false }))
+      assert.equal(tip, sb.git(bare, "git rev-parse main"))
+      assert.equal("", sb.git(bare, "git fsck --no-dangling 2>&1 | grep -v -e '^Checking' -e '^notice' || true"))
+      local ok, err = wc:push(sb.root .. "/dst-work", { "refs/moonops/promote/main:refs/heads/main" })
+      assert.is_nil(ok)
+      assert.matches("non%-bare", err)
+      assert.equal(old, sb.git(sb.root .. "/dst-work", "git rev-parse main"))
     end)
   end)
 
