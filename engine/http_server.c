@@ -466,7 +466,15 @@ static enum MHD_Result defer(struct server *s, struct MHD_Connection *c, struct 
   }
   pthread_mutex_unlock(&b->lock);
   if (stopped) {
+    report_rejected(s, c, r, method, url, 503, "shutting down");
     set_answer(r, 503, "shutting down\n");
+    static const char retry[] = "Retry-After\0"
+                                "5";
+    r->out_headers = malloc(sizeof retry);
+    if (r->out_headers) {
+      memcpy(r->out_headers, retry, sizeof retry);
+      r->out_headers_len = sizeof retry;
+    }
     r->done = 1;
     MHD_resume_connection(c);
   }
