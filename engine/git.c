@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <git2.h>
+#include <git2/sys/transport.h>
 #include <openssl/evp.h>
 #include <zlib.h>
 
@@ -177,6 +178,7 @@ typedef struct {
   int attempts;
   int moved;
   int has_expect;
+  struct wire_push *wire; /* a push over the network done here, or NULL */
   git_oid expect;
   char failure[1024];  /* our reason when a callback aborted */
   char rejected[1024]; /* "<ref>: <status>" of the first rejected ref */
@@ -468,7 +470,8 @@ static int open_remote(git_remote **out, git_repository *repo, const char *name,
     o.repository = repo;
     o.flags = GIT_REMOTE_CREATE_SKIP_INSTEADOF | GIT_REMOTE_CREATE_SKIP_DEFAULT_FETCHSPEC;
     rc = git_remote_create_with_opts(out, fetch_url, &o);
-    if (rc == 0 && strcmp(push_url, fetch_url) != 0) rc = git_remote_set_instance_pushurl(*out, push_url);
+    if (rc == 0 && strcmp(push_url, fetch_url) != 0)
+      rc = git_remote_set_instance_pushurl(*out, push_url);
     if (rc < 0) {
       git_remote_free(*out);
       *out = NULL;
@@ -1050,15 +1053,17 @@ static int parse_expect(git_repository *repo, const char *s, git_oid *out) {
  * commit, tree and blob the target's object store lacks, without descending into
  * what it has (an object in a repository comes with everything it reaches: fetch and
  * receive-pack check that, and gc keeps whatever a kept object reaches). Those
- * objects go whole (no delta search) and quickly compressed into one pack through
- * the target's own indexer, which checks and indexes it. Then the ref moves, only if
- * it is still at the value it had when the push began. Exactly the objects git would
- * send end up in the target, never others the working copy holds.
+ * objects go quickly compressed into one pack through the target's own indexer,
+ * which checks and indexes it; each changed file or tree as a delta against its
+ * version in the parent commit when that is sent too (see "Deltas" below). Then the ref moves, only
+ * if it is still at the value it had when the push began. Exactly the objects git would send end up
+ * in the target, never others the working copy holds.
  */
 
-/* A set of object ids: open addressing, the zero id marks a free slot. */
+/* A set of object ids, each with a number: open addressing, the zero id marks a free slot. */
 typedef struct {
   git_oid *slots;
+  size_t *values;
   size_t cap, count;
 } oidset;
 
@@ -1068,21 +1073,29 @@ static size_t oid_hash(const git_oid *id) {
   return h;
 }
 
-/* 1 when `id` was added, 0 when it was there, -1 out of memory. */
+/* 1 when `id` was added (with the value 0), 0 when it was there, -1 out of memory. */
 static int oidset_add(oidset *s, const git_oid *id) {
   if ((s->count + 1) * 2 > s->cap) {
     size_t cap = s->cap ? s->cap * 2 : 4096;
     git_oid *slots = calloc(cap, sizeof *slots);
-    if (slots == NULL) return -1;
+    size_t *values = calloc(cap, sizeof *values);
+    if (slots == NULL || values == NULL) {
+      free(slots);
+      free(values);
+      return -1;
+    }
     for (size_t i = 0; i < s->cap; i++) {
       if (git_oid_is_zero(&s->slots[i])) continue;
       size_t j = oid_hash(&s->slots[i]) & (cap - 1);
       while (!git_oid_is_zero(&slots[j]))
         j = (j + 1) & (cap - 1);
       slots[j] = s->slots[i];
+      values[j] = s->values[i];
     }
     free(s->slots);
+    free(s->values);
     s->slots = slots;
+    s->values = values;
     s->cap = cap;
   }
   size_t j = oid_hash(id) & (s->cap - 1);
@@ -1091,14 +1104,35 @@ static int oidset_add(oidset *s, const git_oid *id) {
     j = (j + 1) & (s->cap - 1);
   }
   s->slots[j] = *id;
+  s->values[j] = 0;
   s->count++;
   return 1;
+}
+
+/* The value of `id`, or NULL when it is not in the set. */
+static size_t *oidset_value(const oidset *s, const git_oid *id) {
+  if (s->cap == 0) return NULL;
+  size_t j = oid_hash(id) & (s->cap - 1);
+  while (!git_oid_is_zero(&s->slots[j])) {
+    if (git_oid_equal(&s->slots[j], id)) return &s->values[j];
+    j = (j + 1) & (s->cap - 1);
+  }
+  return NULL;
+}
+
+static void oidset_free(oidset *s) {
+  free(s->slots);
+  free(s->values);
+  memset(s, 0, sizeof *s);
 }
 
 typedef struct {
   git_oid id;
   git_object_t type;
   git_odb_object *obj; /* kept from the walk, or NULL: read again when written */
+  git_oid base;        /* the same path's version in the parent commit, or zero */
+  size_t base_at;      /* 1 + place of the delta base in `wanted`; 0: none in the pack */
+  unsigned depth;      /* of the delta chain; 0: sent whole */
 } object_ref;
 
 typedef struct {
@@ -1114,33 +1148,45 @@ static int object_list_add(object_list *l, const git_oid *id, git_object_t type)
     l->items = items;
     l->cap = cap;
   }
+  memset(&l->items[l->len], 0, sizeof l->items[l->len]);
   l->items[l->len].id = *id;
   l->items[l->len].type = type;
-  l->items[l->len].obj = NULL;
   l->len++;
   return 0;
 }
 
 /* Commits and trees read by the walk are kept for the pack up to this many bytes. */
 #define PLAN_KEEP_BYTES ((size_t)64 << 20)
+/* Delta chains are cut at this length (git's default depth), so every object stays quick to read.
+ */
+#define PLAN_MAX_DEPTH 50
 
-/* What a push sends: objects reachable from the new tip that the target lacks. */
+/*
+ * What a push sends: objects reachable from the new tip that the target lacks. `seen`
+ * holds every object queued or known to be in the target; its value is 1 + the place of a
+ * queued object in `wanted`, 0 for one the target has.
+ */
 typedef struct {
-  git_odb *ours, *theirs;
-  oidset seen;  /* queued, sent, or known to be in the target */
+  git_odb *ours;
+  git_odb *theirs; /* the target's object store when it is on a local path, else NULL */
+  int thin;        /* delta bases may be objects the target has, not only ones sent */
+  oidset seen;
   size_t *todo; /* places in `wanted` of commits and trees still to read */
   size_t todo_len, todo_cap;
   object_list wanted; /* what the pack will hold, in the order found */
   size_t kept;        /* bytes of the objects kept in `wanted` */
 } push_plan;
 
-/* Queue `id` unless it was seen or the target has it. */
-static int plan_consider(push_plan *p, const git_oid *id, git_object_t type) {
+/* Queue `id` (with `base`, its version in the parent commit, or NULL) unless it was seen or the
+ * target has it. 1 when queued, 0 when not, -1 on error. */
+static int plan_consider(push_plan *p, const git_oid *id, git_object_t type, const git_oid *base) {
   int added = oidset_add(&p->seen, id);
   if (added <= 0) return added < 0 ? (git_error_set_oom(), -1) : 0;
-  if (git_odb_exists_ext(p->theirs, id, GIT_ODB_LOOKUP_NO_REFRESH)) return 0;
+  if (p->theirs && git_odb_exists_ext(p->theirs, id, GIT_ODB_LOOKUP_NO_REFRESH)) return 0;
   if (object_list_add(&p->wanted, id, type) < 0) return git_error_set_oom(), -1;
-  if (type == GIT_OBJECT_BLOB) return 0;
+  *oidset_value(&p->seen, id) = p->wanted.len;
+  if (base) p->wanted.items[p->wanted.len - 1].base = *base;
+  if (type == GIT_OBJECT_BLOB) return 1;
   if (p->todo_len == p->todo_cap) {
     size_t cap = p->todo_cap ? p->todo_cap * 2 : 1024;
     size_t *todo = realloc(p->todo, cap * sizeof *todo);
@@ -1149,7 +1195,7 @@ static int plan_consider(push_plan *p, const git_oid *id, git_object_t type) {
     p->todo_cap = cap;
   }
   p->todo[p->todo_len++] = p->wanted.len - 1;
-  return 0;
+  return 1;
 }
 
 static int malformed(const git_oid *id, const char *what) {
@@ -1159,46 +1205,129 @@ static int malformed(const git_oid *id, const char *what) {
   return -1;
 }
 
-/* The tree and parents of a commit, read from its raw text. */
+/* The tree named by a commit's raw text, or -1. */
+static int commit_tree_id(git_oid *out, const char *data, size_t len) {
+  if (len < 46 || memcmp(data, "tree ", 5) != 0 || data[45] != '\n') return -1;
+  return git_oid_fromstrn(out, data + 5, GIT_OID_HEXSZ);
+}
+
+/* The raw text of a commit or tree: kept by the walk when it is queued, else read. */
+static int plan_read(git_odb_object **out, push_plan *p, const git_oid *id) {
+  size_t *at = oidset_value(&p->seen, id);
+  if (at && *at && p->wanted.items[*at - 1].obj)
+    return git_odb_object_dup(out, p->wanted.items[*at - 1].obj);
+  return git_odb_read(out, p->ours, id);
+}
+
+/* The tree and parents of a commit, read from its raw text; the tree's delta base is the first
+ * parent's tree. */
 static int plan_commit(push_plan *p, const git_oid *id, const char *data, size_t len) {
   const char *s = data, *end = data + len;
-  git_oid next;
-  if (len < 46 || memcmp(s, "tree ", 5) != 0 || s[45] != '\n' ||
-      git_oid_fromstrn(&next, s + 5, GIT_OID_HEXSZ) < 0)
-    return malformed(id, "commit");
-  if (plan_consider(p, &next, GIT_OBJECT_TREE) < 0) return -1;
-  for (s += 46; end - s >= 48 && memcmp(s, "parent ", 7) == 0; s += 48) {
+  git_oid tree, next, base;
+  memset(&base, 0, sizeof base);
+  if (commit_tree_id(&tree, data, len) < 0) return malformed(id, "commit");
+  s += 46;
+  if (end - s >= 48 && memcmp(s, "parent ", 7) == 0 && s[47] == '\n' &&
+      git_oid_fromstrn(&next, s + 7, GIT_OID_HEXSZ) == 0) {
+    git_odb_object *parent = NULL;
+    if (plan_read(&parent, p, &next) == 0 && git_odb_object_type(parent) == GIT_OBJECT_COMMIT &&
+        commit_tree_id(&base, git_odb_object_data(parent), git_odb_object_size(parent)) < 0)
+      memset(&base, 0, sizeof base);
+    git_odb_object_free(parent);
+    git_error_clear();
+  }
+  if (plan_consider(p, &tree, GIT_OBJECT_TREE, &base) < 0) return -1;
+  for (; end - s >= 48 && memcmp(s, "parent ", 7) == 0; s += 48) {
     if (s[47] != '\n' || git_oid_fromstrn(&next, s + 7, GIT_OID_HEXSZ) < 0)
       return malformed(id, "commit");
-    if (plan_consider(p, &next, GIT_OBJECT_COMMIT) < 0) return -1;
+    if (plan_consider(p, &next, GIT_OBJECT_COMMIT, NULL) < 0) return -1;
   }
   return 0;
 }
 
-/* The entries of a tree ("<octal mode> <name>\0<20-byte id>" each); submodules are skipped. */
-static int plan_tree(push_plan *p, const git_oid *id, const char *data, size_t len) {
-  const char *s = data, *end = data + len;
-  while (s < end) {
-    unsigned mode = 0;
-    while (s < end && *s >= '0' && *s <= '7')
-      mode = mode * 8 + (unsigned)(*s++ - '0');
-    if (s == end || *s != ' ') return malformed(id, "tree");
-    const char *nul = memchr(s, '\0', (size_t)(end - s));
-    if (nul == NULL || end - nul < 1 + GIT_OID_RAWSZ) return malformed(id, "tree");
-    git_oid entry;
-    git_oid_fromraw(&entry, (const unsigned char *)nul + 1);
-    s = nul + 1 + GIT_OID_RAWSZ;
-    if ((mode & 0170000) == 0160000) continue; /* a submodule's commit lives elsewhere */
-    int rc =
-        plan_consider(p, &entry, (mode & 0170000) == 0040000 ? GIT_OBJECT_TREE : GIT_OBJECT_BLOB);
-    if (rc < 0) return rc;
+/* One entry of a raw tree ("<octal mode> <name>\0<20-byte id>"). */
+typedef struct {
+  const char *start, *name;
+  size_t name_len, len; /* of the name, of the whole entry */
+  unsigned mode;
+  const unsigned char *id;
+} tree_entry_raw;
+
+/* The entry at *s (then past it): 1, 0 at the end, -1 when malformed. */
+static int next_entry(const char **s, const char *end, tree_entry_raw *e) {
+  const char *q = *s;
+  if (q == end) return 0;
+  e->start = q;
+  e->mode = 0;
+  while (q < end && *q >= '0' && *q <= '7')
+    e->mode = e->mode * 8 + (unsigned)(*q++ - '0');
+  if (q == end || *q != ' ' || q == e->start) return -1;
+  e->name = ++q;
+  const char *nul = memchr(q, '\0', (size_t)(end - q));
+  if (nul == NULL || end - nul < 1 + GIT_OID_RAWSZ) return -1;
+  e->name_len = (size_t)(nul - q);
+  e->id = (const unsigned char *)nul + 1;
+  *s = nul + 1 + GIT_OID_RAWSZ;
+  e->len = (size_t)(*s - e->start);
+  return 1;
+}
+
+#define ENTRY_IS_DIR(e) (((e)->mode & 0170000) == 0040000)
+
+/* git's order of tree entries: by name, a directory's name as if it ended in '/'. */
+static int entry_cmp(const tree_entry_raw *a, const tree_entry_raw *b) {
+  size_t n = a->name_len < b->name_len ? a->name_len : b->name_len;
+  int c = memcmp(a->name, b->name, n);
+  if (c) return c;
+  int ca = n < a->name_len ? (unsigned char)a->name[n] : ENTRY_IS_DIR(a) ? '/' : 0;
+  int cb = n < b->name_len ? (unsigned char)b->name[n] : ENTRY_IS_DIR(b) ? '/' : 0;
+  return ca - cb;
+}
+
+/* The entries of a tree; submodules are skipped. Each new entry's delta base is the entry of the
+ * same name and kind in `base` (the parent's version of this tree), when there is one. */
+static int plan_tree(push_plan *p, const git_oid *id, const char *data, size_t len,
+                     const git_oid *base) {
+  git_odb_object *bobj = NULL;
+  const char *b = NULL, *bend = NULL;
+  tree_entry_raw e, be;
+  int bhave = 0, r, rc = 0;
+  if (!git_oid_is_zero(base)) {
+    if (plan_read(&bobj, p, base) == 0 && git_odb_object_type(bobj) == GIT_OBJECT_TREE) {
+      b = git_odb_object_data(bobj);
+      bend = b + git_odb_object_size(bobj);
+      bhave = next_entry(&b, bend, &be);
+    }
+    git_error_clear();
   }
-  return 0;
+  const char *s = data, *end = data + len;
+  while ((r = next_entry(&s, end, &e)) > 0) {
+    if ((e.mode & 0170000) == 0160000) continue; /* a submodule's commit lives elsewhere */
+    git_oid entry, from;
+    git_oid_fromraw(&entry, e.id);
+    memset(&from, 0, sizeof from);
+    while (bhave > 0) {
+      int c = entry_cmp(&be, &e);
+      if (c > 0) break;
+      if (c == 0 && ENTRY_IS_DIR(&be) == ENTRY_IS_DIR(&e) &&
+          memcmp(be.id, e.id, GIT_OID_RAWSZ) != 0 && (be.mode & 0170000) != 0160000)
+        git_oid_fromraw(&from, be.id);
+      bhave = next_entry(&b, bend, &be);
+      if (c == 0) break;
+    }
+    if ((rc = plan_consider(p, &entry, ENTRY_IS_DIR(&e) ? GIT_OBJECT_TREE : GIT_OBJECT_BLOB,
+                            &from)) < 0)
+      break;
+  }
+  git_odb_object_free(bobj);
+  if (rc >= 0 && r < 0) return malformed(id, "tree");
+  return rc < 0 ? rc : 0;
 }
 
 /* Fill p->wanted starting from `tip`. */
 static int plan_objects(push_plan *p, const git_oid *tip) {
-  int rc = plan_consider(p, tip, GIT_OBJECT_COMMIT);
+  int rc = plan_consider(p, tip, GIT_OBJECT_COMMIT, NULL);
+  rc = rc < 0 ? rc : 0;
   while (rc == 0 && p->todo_len > 0) {
     size_t at = p->todo[--p->todo_len];
     object_ref item = p->wanted.items[at];
@@ -1211,7 +1340,7 @@ static int plan_objects(push_plan *p, const git_oid *tip) {
     else if (item.type == GIT_OBJECT_COMMIT)
       rc = plan_commit(p, &item.id, data, len);
     else
-      rc = plan_tree(p, &item.id, data, len);
+      rc = plan_tree(p, &item.id, data, len, &item.base);
     if (p->kept + len <= PLAN_KEEP_BYTES) {
       p->wanted.items[at].obj = obj; /* not item.obj: plan_* may have grown `wanted` */
       p->kept += len;
@@ -1222,10 +1351,62 @@ static int plan_objects(push_plan *p, const git_oid *tip) {
   return rc;
 }
 
+/*
+ * Settle the delta bases: a base is used when it is sent too, or (for a thin pack) when the
+ * target has it; chains longer than PLAN_MAX_DEPTH and cycles (a path that went back to an
+ * earlier version) are cut, the object then going whole.
+ */
+static int plan_deltas(push_plan *p) {
+  size_t n = p->wanted.len;
+  unsigned char *state = calloc(n ? n : 1, 1); /* 0 to do, 1 on the stack, 2 settled */
+  size_t *stack = malloc((n ? n : 1) * sizeof *stack);
+  if (state == NULL || stack == NULL) {
+    free(state);
+    free(stack);
+    return git_error_set_oom(), -1;
+  }
+  object_ref *items = p->wanted.items;
+  for (size_t i = 0; i < n; i++) {
+    size_t top = 0, j = i;
+    while (state[j] == 0) {
+      state[j] = 1;
+      stack[top++] = j;
+      object_ref *o = &items[j];
+      if (git_oid_is_zero(&o->base)) break;
+      size_t *at = oidset_value(&p->seen, &o->base);
+      if (at == NULL || (*at == 0 && !p->thin)) {
+        memset(&o->base, 0, sizeof o->base); /* not where the target can resolve it */
+        break;
+      }
+      o->base_at = *at;
+      if (*at == 0) break;
+      if (state[*at - 1] == 1) { /* a cycle */
+        memset(&o->base, 0, sizeof o->base);
+        o->base_at = 0;
+        break;
+      }
+      j = *at - 1;
+    }
+    while (top > 0) {
+      object_ref *o = &items[stack[--top]];
+      o->depth = git_oid_is_zero(&o->base) ? 0 : o->base_at ? items[o->base_at - 1].depth + 1 : 1;
+      if (o->depth > PLAN_MAX_DEPTH) {
+        memset(&o->base, 0, sizeof o->base);
+        o->base_at = 0;
+        o->depth = 0;
+      }
+      state[stack[top]] = 2;
+    }
+  }
+  free(state);
+  free(stack);
+  return 0;
+}
+
 static void plan_free(push_plan *p) {
   for (size_t i = 0; i < p->wanted.len; i++)
     git_odb_object_free(p->wanted.items[i].obj);
-  free(p->seen.slots);
+  oidset_free(&p->seen);
   free(p->todo);
   free(p->wanted.items);
 }
@@ -1245,6 +1426,7 @@ static void plan_free(push_plan *p) {
 
 typedef struct {
   git_odb_object *objs[PACK_BATCH];
+  git_odb_object *bases[PACK_BATCH]; /* delta base of each object, or NULL */
   size_t count;
   unsigned char *out; /* each object's type and size header, then its zlib stream */
   size_t len, cap;
@@ -1259,6 +1441,8 @@ typedef struct {
   z_stream z;
   int z_ready;
   pthread_t thread;
+  unsigned char *delta; /* room for one delta */
+  size_t delta_cap;
 } pack_worker;
 
 struct compressor {
@@ -1270,13 +1454,167 @@ struct compressor {
   pack_worker workers[PACK_WORKERS + 1]; /* the last one is for this thread */
 };
 
-static void compress_batch(z_stream *z, pack_batch *b) {
+/*
+ * Deltas. A pushed object usually differs little from the same path's version in the parent
+ * commit (a tree where one entry changed, a file with one edit), so the delta against it is
+ * found without a search: a tree is matched entry by entry with its base, anything else by
+ * the longest common prefix and suffix. The result is git's delta format (base and result
+ * sizes, then copy and insert instructions); a delta is used only when it is less than half
+ * the object, as git does.
+ */
+typedef struct {
+  unsigned char *p, *end;
+} delta_out;
+
+static int delta_byte(delta_out *d, unsigned c) {
+  if (d->p == d->end) return -1;
+  *d->p++ = (unsigned char)c;
+  return 0;
+}
+
+static int delta_size(delta_out *d, size_t v) {
+  for (; v >= 0x80; v >>= 7)
+    if (delta_byte(d, (unsigned)(v & 0x7f) | 0x80) < 0) return -1;
+  return delta_byte(d, (unsigned)v);
+}
+
+/* Copy `len` bytes of the base from `off`: an instruction per 16 MB. */
+static int delta_copy(delta_out *d, size_t off, size_t len) {
+  while (len > 0) {
+    size_t take = len < 0xffffff ? len : 0xffffff;
+    unsigned char ins[8];
+    int n = 1;
+    unsigned op = 0x80;
+    for (int i = 0; i < 4; i++)
+      if ((off >> (8 * i)) & 0xff) {
+        op |= 1u << i;
+        ins[n++] = (unsigned char)(off >> (8 * i));
+      }
+    for (int i = 0; i < 3; i++)
+      if ((take >> (8 * i)) & 0xff) {
+        op |= 0x10u << i;
+        ins[n++] = (unsigned char)(take >> (8 * i));
+      }
+    ins[0] = (unsigned char)op;
+    if (d->end - d->p < n) return -1;
+    memcpy(d->p, ins, (size_t)n);
+    d->p += n;
+    off += take;
+    len -= take;
+  }
+  return 0;
+}
+
+/* Insert `len` bytes of the result: 127 at most per instruction. */
+static int delta_insert(delta_out *d, const unsigned char *s, size_t len) {
+  while (len > 0) {
+    size_t take = len < 127 ? len : 127;
+    if ((size_t)(d->end - d->p) < take + 1) return -1;
+    *d->p++ = (unsigned char)take;
+    memcpy(d->p, s, take);
+    d->p += take;
+    s += take;
+    len -= take;
+  }
+  return 0;
+}
+
+/* Tree against tree: every entry found unchanged in the base is copied from it. */
+static int delta_tree(delta_out *d, const char *base, size_t blen, const char *tree, size_t tlen) {
+  const char *b = base, *bend = base + blen, *t = tree, *tend = tree + tlen;
+  tree_entry_raw e, be;
+  int bhave = next_entry(&b, bend, &be), r;
+  size_t copy_off = 0, copy_len = 0, ins_off = 0, ins_len = 0;
+  if (bhave < 0) return -1;
+  while ((r = next_entry(&t, tend, &e)) > 0) {
+    const char *same = NULL;
+    while (bhave > 0) {
+      int c = entry_cmp(&be, &e);
+      if (c > 0) break;
+      if (c == 0 && be.len == e.len && memcmp(be.start, e.start, e.len) == 0) same = be.start;
+      if ((bhave = next_entry(&b, bend, &be)) < 0) return -1;
+      if (c == 0) break;
+    }
+    if (same) {
+      size_t off = (size_t)(same - base);
+      if (ins_len && delta_insert(d, (const unsigned char *)tree + ins_off, ins_len) < 0) return -1;
+      ins_len = 0;
+      if (copy_len && copy_off + copy_len == off) {
+        copy_len += e.len;
+        continue;
+      }
+      if (copy_len && delta_copy(d, copy_off, copy_len) < 0) return -1;
+      copy_off = off;
+      copy_len = e.len;
+    } else {
+      if (copy_len && delta_copy(d, copy_off, copy_len) < 0) return -1;
+      copy_len = 0;
+      if (ins_len == 0) ins_off = (size_t)(e.start - tree);
+      ins_len += e.len;
+    }
+  }
+  if (r < 0) return -1;
+  if (copy_len && delta_copy(d, copy_off, copy_len) < 0) return -1;
+  if (ins_len && delta_insert(d, (const unsigned char *)tree + ins_off, ins_len) < 0) return -1;
+  return 0;
+}
+
+/* Anything against anything: the common prefix and suffix are copied, the middle inserted. */
+static int delta_ends(delta_out *d, const unsigned char *base, size_t blen,
+                      const unsigned char *obj, size_t len) {
+  size_t most = blen < len ? blen : len, pre = 0, suf = 0;
+  while (pre < most && base[pre] == obj[pre])
+    pre++;
+  while (suf < most - pre && base[blen - 1 - suf] == obj[len - 1 - suf])
+    suf++;
+  if (pre && delta_copy(d, 0, pre) < 0) return -1;
+  if (delta_insert(d, obj + pre, len - pre - suf) < 0) return -1;
+  if (suf && delta_copy(d, blen - suf, suf) < 0) return -1;
+  return 0;
+}
+
+/* The delta of `obj` against `base` into w->delta; its length, or 0 when it is not worth it. */
+static size_t make_delta(pack_worker *w, git_odb_object *base, git_odb_object *obj) {
+  size_t blen = git_odb_object_size(base), len = git_odb_object_size(obj);
+  if (len < 64) return 0;
+  size_t room =
+      len / 2 - GIT_OID_RAWSZ; /* a delta must beat half the object, its base id included */
+  if (w->delta_cap < room) {
+    unsigned char *buf = realloc(w->delta, room);
+    if (buf == NULL) return 0;
+    w->delta = buf;
+    w->delta_cap = room;
+  }
+  delta_out d = {w->delta, w->delta + room};
+  const char *bdata = git_odb_object_data(base), *data = git_odb_object_data(obj);
+  if (delta_size(&d, blen) < 0 || delta_size(&d, len) < 0) return 0;
+  unsigned char *ops = d.p;
+  if (git_odb_object_type(obj) == GIT_OBJECT_TREE && delta_tree(&d, bdata, blen, data, len) == 0)
+    return (size_t)(d.p - w->delta);
+  d.p = ops;
+  if (delta_ends(&d, (const unsigned char *)bdata, blen, (const unsigned char *)data, len) == 0)
+    return (size_t)(d.p - w->delta);
+  return 0;
+}
+
+#define PACK_REF_DELTA 7 /* pack entry type: a delta against the object named next */
+
+static void compress_batch(pack_worker *w, pack_batch *b) {
+  z_stream *z = &w->z;
   b->len = 0;
   b->failed = 0;
   for (size_t i = 0; i < b->count; i++) {
-    git_object_t type = git_odb_object_type(b->objs[i]);
-    size_t size = git_odb_object_size(b->objs[i]), rest = size >> 4;
-    size_t need = b->len + 16 + deflateBound(z, (uLong)size);
+    unsigned type = (unsigned)git_odb_object_type(b->objs[i]);
+    const unsigned char *data = git_odb_object_data(b->objs[i]);
+    size_t size = git_odb_object_size(b->objs[i]);
+    size_t dlen = b->bases[i] ? make_delta(w, b->bases[i], b->objs[i]) : 0;
+    if (dlen) {
+      type = PACK_REF_DELTA;
+      data = w->delta;
+      size = dlen;
+    }
+    size_t rest = size >> 4;
+    size_t need = b->len + 16 + GIT_OID_RAWSZ + deflateBound(z, (uLong)size);
     if (need > b->cap) {
       size_t cap = b->cap ? b->cap : 65536;
       while (cap < need)
@@ -1290,15 +1628,19 @@ static void compress_batch(z_stream *z, pack_batch *b) {
       b->cap = cap;
     }
     unsigned char *o = b->out + b->len;
-    *o++ = (unsigned char)(((unsigned)type << 4) | (size & 0x0f) | (rest ? 0x80 : 0));
+    *o++ = (unsigned char)((type << 4) | (size & 0x0f) | (rest ? 0x80 : 0));
     for (; rest; rest >>= 7)
       *o++ = (unsigned char)((rest & 0x7f) | (rest >> 7 ? 0x80 : 0));
+    if (dlen) {
+      memcpy(o, git_odb_object_id(b->bases[i])->id, GIT_OID_RAWSZ);
+      o += GIT_OID_RAWSZ;
+    }
     b->len = (size_t)(o - b->out);
     if (deflateReset(z) != Z_OK) {
       b->failed = 2;
       return;
     }
-    z->next_in = (unsigned char *)git_odb_object_data(b->objs[i]);
+    z->next_in = (unsigned char *)data;
     z->avail_in = (uInt)size;
     z->next_out = o;
     z->avail_out = (uInt)(b->cap - b->len);
@@ -1320,7 +1662,7 @@ static void *compressor_main(void *arg) {
     if (c->claimed == c->submitted) break;
     pack_batch *b = &c->ring[c->claimed++ % PACK_RING];
     pthread_mutex_unlock(&c->lock);
-    compress_batch(&w->z, b);
+    compress_batch(w, b);
     pthread_mutex_lock(&c->lock);
     b->done = 1;
     pthread_cond_broadcast(&c->cond);
@@ -1356,7 +1698,7 @@ static void compressor_submit(compressor *c) {
   pack_batch *b = &c->ring[c->submitted % PACK_RING];
   b->done = 0;
   if (c->threads == 0) {
-    compress_batch(&c->workers[PACK_WORKERS].z, b);
+    compress_batch(&c->workers[PACK_WORKERS], b);
     b->done = 1;
     c->submitted++;
     return;
@@ -1391,14 +1733,17 @@ static void compressor_stop(compressor *c) {
     pthread_mutex_destroy(&c->lock);
     c->threads = 0;
   }
-  for (int i = 0; i <= PACK_WORKERS; i++)
+  for (int i = 0; i <= PACK_WORKERS; i++) {
     if (c->workers[i].z_ready) deflateEnd(&c->workers[i].z);
+    free(c->workers[i].delta);
+  }
   for (int i = 0; i < PACK_RING; i++)
     free(c->ring[i].out);
 }
 
 typedef struct {
-  git_odb_writepack *wp;
+  git_odb_writepack *wp;                 /* into a local object store, */
+  git_smart_subtransport_stream *stream; /* or onto a connection */
   git_indexer_progress stats;
   EVP_MD_CTX *sha;
   unsigned char *buf; /* bytes waiting to be appended, up to PACK_CHUNK */
@@ -1408,7 +1753,8 @@ typedef struct {
 
 static int pack_flush(pack_writer *w) {
   if (w->len == 0) return 0;
-  int rc = w->wp->append(w->wp, w->buf, w->len, &w->stats);
+  int rc = w->wp ? w->wp->append(w->wp, w->buf, w->len, &w->stats)
+                 : w->stream->write(w->stream, (const char *)w->buf, w->len);
   w->len = 0;
   return rc;
 }
@@ -1434,35 +1780,55 @@ static int pack_put(pack_writer *w, const void *data, size_t len) {
   return 0;
 }
 
-/* Read the next objects of `plan` (from *next on) into `b`. */
+/* Read the next objects of `plan` (from *next on), with their delta bases, into `b`. */
 static int batch_fill(pack_batch *b, push_plan *plan, size_t *next) {
   size_t bytes = 0;
   b->count = 0;
   while (*next < plan->wanted.len && b->count < PACK_BATCH && bytes < PACK_BATCH_BYTES) {
     object_ref *item = &plan->wanted.items[*next];
-    git_odb_object *obj = item->obj;
-    item->obj = NULL;
-    int rc = obj ? 0 : git_odb_read(&obj, plan->ours, &item->id);
+    git_odb_object *obj = NULL, *base = NULL;
+    int rc =
+        item->obj ? git_odb_object_dup(&obj, item->obj) : git_odb_read(&obj, plan->ours, &item->id);
     if (rc < 0) return rc;
+    b->bases[b->count] = NULL;
     b->objs[b->count++] = obj;
     (*next)++;
     bytes += git_odb_object_size(obj);
     if (git_odb_object_size(obj) > 0xffffffffu) {
-      git_error_set(GIT_ERROR_INVALID, "object too large for a local push");
+      git_error_set(GIT_ERROR_INVALID, "object too large for a push");
       return -1;
     }
+    if (item->depth == 0) continue;
+    object_ref *from = item->base_at ? &plan->wanted.items[item->base_at - 1] : NULL;
+    if (from && from->obj)
+      rc = git_odb_object_dup(&base, from->obj);
+    else
+      rc = git_odb_read(&base, plan->ours, &item->base);
+    if (rc < 0) {
+      git_error_clear(); /* sent whole */
+      continue;
+    }
+    if (git_odb_object_type(base) == git_odb_object_type(obj) &&
+        git_odb_object_size(base) <= 0xffffffffu)
+      b->bases[b->count - 1] = base;
+    else
+      git_odb_object_free(base);
   }
   return 0;
 }
 
 static void batch_release(pack_batch *b) {
-  for (size_t i = 0; i < b->count; i++)
+  for (size_t i = 0; i < b->count; i++) {
     git_odb_object_free(b->objs[i]);
+    git_odb_object_free(b->bases[i]);
+  }
   b->count = 0;
 }
 
-/* Write `plan` into `target` as one pack, reporting progress as "pushing". */
-static int write_pack(git_odb *target, push_plan *plan, netctx *n) {
+/* Write `plan` as one pack into `target`, or else onto `stream`, reporting progress as "pushing".
+ */
+static int write_pack(git_odb *target, git_smart_subtransport_stream *stream, push_plan *plan,
+                      netctx *n) {
   pack_writer w;
   compressor *c = calloc(1, sizeof *c);
   memset(&w, 0, sizeof w);
@@ -1480,7 +1846,8 @@ static int write_pack(git_odb *target, push_plan *plan, netctx *n) {
     git_error_set(GIT_ERROR_ZLIB, "zlib initialisation failed");
     goto done;
   }
-  if ((rc = git_odb_write_pack(&w.wp, target, NULL, NULL)) < 0) goto done;
+  if (target && (rc = git_odb_write_pack(&w.wp, target, NULL, NULL)) < 0) goto done;
+  w.stream = stream;
   unsigned char head[12] = {'P', 'A', 'C', 'K', 0, 0, 0, 2};
   for (int i = 0; i < 4; i++)
     head[8 + i] = (unsigned char)(total >> (24 - 8 * i));
@@ -1514,8 +1881,12 @@ static int write_pack(git_odb *target, push_plan *plan, netctx *n) {
     rc = -1;
     goto done;
   }
-  if ((rc = w.wp->append(w.wp, trailer, GIT_OID_RAWSZ, &w.stats)) < 0) goto done;
-  rc = w.wp->commit(w.wp, &w.stats);
+  if (w.wp) {
+    if ((rc = w.wp->append(w.wp, trailer, GIT_OID_RAWSZ, &w.stats)) < 0) goto done;
+    rc = w.wp->commit(w.wp, &w.stats);
+  } else {
+    rc = stream->write(stream, (const char *)trailer, GIT_OID_RAWSZ);
+  }
 done:
   if (c) {
     compressor_stop(c); /* the threads are done with every batch */
@@ -1529,18 +1900,18 @@ done:
   return rc;
 }
 
-#define LOCAL_PUSH_UNSUPPORTED 1
+#define PUSH_UNSUPPORTED 1
 
 /*
  * Push `spec` ("src:refs/...") to the bare repository at `path`. Returns 0, a libgit2
- * error (n->failure and n->moved say more), or LOCAL_PUSH_UNSUPPORTED when libgit2's
+ * error (n->failure and n->moved say more), or PUSH_UNSUPPORTED when libgit2's
  * transport should do it (forced or deleting refspecs, a non-bare or shallow target,
  * a symbolic target ref, anything that is not a commit).
  */
 static int push_local(git_repository *repo, const char *path, const char *spec, netctx *n) {
   const char *colon = strchr(spec, ':');
   if (spec[0] == '+' || colon == NULL || colon == spec || strncmp(colon + 1, "refs/", 5) != 0)
-    return LOCAL_PUSH_UNSUPPORTED;
+    return PUSH_UNSUPPORTED;
   const char *dst = colon + 1;
   char *src = strndup(spec, (size_t)(colon - spec));
   git_repository *target = NULL;
@@ -1551,7 +1922,7 @@ static int push_local(git_repository *repo, const char *path, const char *spec, 
   memset(&plan, 0, sizeof plan);
   git_oid tip, cur;
   memset(&cur, 0, sizeof cur);
-  int rc = LOCAL_PUSH_UNSUPPORTED;
+  int rc = PUSH_UNSUPPORTED;
   if (src == NULL || git_revparse_single(&obj, repo, src) < 0 ||
       git_object_type(obj) != GIT_OBJECT_COMMIT ||
       git_repository_open_ext(&target, path, GIT_REPOSITORY_OPEN_NO_SEARCH, NULL) < 0 ||
@@ -1585,8 +1956,8 @@ static int push_local(git_repository *repo, const char *path, const char *spec, 
   }
   if ((rc = git_repository_odb(&theirs, target)) < 0) goto done;
   plan.theirs = theirs;
-  if ((rc = plan_objects(&plan, &tip)) < 0) goto done;
-  if (plan.wanted.len > 0 && (rc = write_pack(theirs, &plan, n)) < 0) goto done;
+  if ((rc = plan_objects(&plan, &tip)) < 0 || (rc = plan_deltas(&plan)) < 0) goto done;
+  if (plan.wanted.len > 0 && (rc = write_pack(theirs, NULL, &plan, n)) < 0) goto done;
   if (git_oid_is_zero(&cur))
     rc = git_reference_create(&moved, target, dst, &tip, 0, "push");
   else
@@ -1607,7 +1978,523 @@ done:
   plan_free(&plan);
   git_repository_free(target);
   free(src);
-  if (rc == LOCAL_PUSH_UNSUPPORTED) git_error_clear();
+  if (rc == PUSH_UNSUPPORTED) git_error_clear();
+  return rc;
+}
+
+/* ---- pushing over the network -------------------------------------------- */
+
+/*
+ * libgit2 pushes over the network through its pack builder: an object walk that takes more
+ * than git sends, a delta search that finds few good bases (trees carry no path) and full
+ * compression of everything, several seconds for a promotion of a thousand commits where git
+ * reuses what it has. For git:// and http(s):// remotes the push is done here, on libgit2's own
+ * transports: its smart transport connects, authenticates (with our credentials callback and
+ * its bounded attempts) and reads the advertised refs, through a subtransport wrapped only to
+ * keep the first bytes the server sent, which carry its capabilities. What is sent is what git
+ * sends: the objects reachable from the new tip and not from the commits at the edge of what
+ * the server's refs reach, whose trees the server has. They go as a pack made as for a local
+ * push (deltas against each path's version in the parent commit; thin, with bases the server
+ * has, unless it says no-thin) on the receive-pack stream after the update command, and the
+ * server's report (through side-band-64k when offered, so hook output is kept) says what
+ * became of the ref.
+ */
+
+#define WIRE_GIT 1
+#define WIRE_HTTP 2
+#define WIRE_HEAD 8192 /* bytes of the advertisement kept: its first ref has the capabilities */
+
+typedef struct wire_sub wire_sub;
+
+typedef struct wire_push {
+  int kind;
+  wire_sub *sub;                           /* while both exist */
+  git_smart_subtransport *inner;           /* libgit2's subtransport for the URL */
+  git_smart_subtransport_stream *ls_inner; /* the advertisement's stream, while open */
+  char head[WIRE_HEAD];
+  size_t head_len;
+} wire_push;
+
+/* The transport (and so this) is freed with the remote, after the push: `w` is NULL by then. */
+struct wire_sub {
+  git_smart_subtransport parent;
+  git_smart_subtransport *inner;
+  wire_push *w;
+};
+
+typedef struct {
+  git_smart_subtransport_stream parent;
+  git_smart_subtransport_stream *inner;
+  wire_sub *sub;
+} wire_stream;
+
+static int wire_stream_read(git_smart_subtransport_stream *s, char *buf, size_t size, size_t *got) {
+  wire_stream *ws = (wire_stream *)s;
+  wire_push *w = ws->sub->w;
+  int rc = ws->inner->read(ws->inner, buf, size, got);
+  if (rc == 0 && w && w->head_len < WIRE_HEAD) {
+    size_t take = WIRE_HEAD - w->head_len < *got ? WIRE_HEAD - w->head_len : *got;
+    memcpy(w->head + w->head_len, buf, take);
+    w->head_len += take;
+  }
+  return rc;
+}
+
+static int wire_stream_write(git_smart_subtransport_stream *s, const char *buf, size_t len) {
+  wire_stream *ws = (wire_stream *)s;
+  return ws->inner->write(ws->inner, buf, len);
+}
+
+static void wire_stream_free(git_smart_subtransport_stream *s) {
+  wire_stream *ws = (wire_stream *)s;
+  if (ws->sub->w && ws->sub->w->ls_inner == ws->inner) ws->sub->w->ls_inner = NULL;
+  ws->inner->free(ws->inner);
+  free(ws);
+}
+
+static int wire_action(git_smart_subtransport_stream **out, git_smart_subtransport *t,
+                       const char *url, git_smart_service_t action) {
+  wire_sub *sub = (wire_sub *)t;
+  git_smart_subtransport_stream *inner = NULL;
+  int rc = sub->inner->action(&inner, sub->inner, url, action);
+  if (rc < 0 || action != GIT_SERVICE_RECEIVEPACK_LS) {
+    *out = inner;
+    return rc;
+  }
+  wire_stream *ws = calloc(1, sizeof *ws);
+  if (ws == NULL) {
+    inner->free(inner);
+    git_error_set_oom();
+    return -1;
+  }
+  ws->parent.subtransport = t;
+  ws->parent.read = wire_stream_read;
+  ws->parent.write = inner->write ? wire_stream_write : NULL;
+  ws->parent.free = wire_stream_free;
+  ws->inner = inner;
+  ws->sub = sub;
+  if (sub->w) {
+    sub->w->ls_inner = inner;
+    sub->w->head_len = 0;
+  }
+  *out = &ws->parent;
+  return 0;
+}
+
+static int wire_close(git_smart_subtransport *t) {
+  wire_sub *sub = (wire_sub *)t;
+  return sub->inner->close(sub->inner);
+}
+
+static void wire_free(git_smart_subtransport *t) {
+  wire_sub *sub = (wire_sub *)t;
+  if (sub->w) {
+    sub->w->sub = NULL;
+    sub->w->inner = NULL;
+  }
+  sub->inner->free(sub->inner);
+  free(sub);
+}
+
+static int wire_subtransport(git_smart_subtransport **out, git_transport *owner, void *param) {
+  wire_push *w = param;
+  wire_sub *sub = calloc(1, sizeof *sub);
+  if (sub == NULL) return git_error_set_oom(), -1;
+  int rc = w->kind == WIRE_HTTP ? git_smart_subtransport_http(&sub->inner, owner, NULL)
+                                : git_smart_subtransport_git(&sub->inner, owner, NULL);
+  if (rc < 0) {
+    free(sub);
+    return rc;
+  }
+  sub->parent.action = wire_action;
+  sub->parent.close = wire_close;
+  sub->parent.free = wire_free;
+  sub->w = w;
+  w->sub = sub;
+  w->inner = sub->inner;
+  *out = &sub->parent;
+  return 0;
+}
+
+/* git_remote_callbacks.transport: libgit2's smart transport over the wrapped subtransport. */
+static int wire_transport(git_transport **out, git_remote *owner, void *payload) {
+  netctx *n = payload;
+  git_smart_subtransport_definition def = {wire_subtransport, n->wire->kind == WIRE_HTTP, n->wire};
+  return git_transport_smart(out, owner, &def);
+}
+
+static int hex4(const char *s) {
+  int v = 0;
+  for (int i = 0; i < 4; i++) {
+    int c = (unsigned char)s[i], d;
+    if (c >= '0' && c <= '9')
+      d = c - '0';
+    else if (c >= 'a' && c <= 'f')
+      d = c - 'a' + 10;
+    else if (c >= 'A' && c <= 'F')
+      d = c - 'A' + 10;
+    else
+      return -1;
+    v = v * 16 + d;
+  }
+  return v;
+}
+
+/* The capabilities after the first advertised ref into `caps` (" cap cap ... "); -1 if none. */
+static int wire_caps(const wire_push *w, char *caps, size_t size) {
+  const char *s = w->head, *end = w->head + w->head_len;
+  while (end - s >= 4) {
+    int len = hex4(s);
+    if (len == 0) { /* a flush, after "# service=..." over HTTP */
+      s += 4;
+      continue;
+    }
+    if (len < 4 || end - s < len) return -1;
+    const char *nul = memchr(s + 4, '\0', (size_t)len - 4);
+    if (nul) {
+      size_t n = (size_t)(s + len - nul - 1);
+      while (n > 0 && nul[n] == '\n')
+        n--;
+      if (n + 3 > size) n = size - 3;
+      caps[0] = ' ';
+      memcpy(caps + 1, nul + 1, n);
+      caps[n + 1] = ' ';
+      caps[n + 2] = '\0';
+      return 0;
+    }
+    s += len;
+  }
+  return -1;
+}
+
+static int has_cap(const char *caps, const char *name) {
+  char want[64];
+  snprintf(want, sizeof want, " %s ", name);
+  return strstr(caps, want) != NULL;
+}
+
+/* Write one pkt-line. */
+static int pkt_write(git_smart_subtransport_stream *st, const char *payload, size_t len) {
+  char buf[1024];
+  if (len + 4 > sizeof buf) return git_error_set(GIT_ERROR_NET, "command too long"), -1;
+  snprintf(buf, sizeof buf, "%04x", (unsigned)(len + 4));
+  memcpy(buf + 4, payload, len);
+  return st->write(st, buf, len + 4);
+}
+
+typedef struct {
+  git_smart_subtransport_stream *st;
+  char buf[65536 + 4];
+  size_t len, pos;
+} pkt_reader;
+
+/* The next pkt-line's payload (valid until the next call): 1 (len 0 for a flush), 0 when the
+ * stream ended, -1 on error. */
+static int pkt_read(pkt_reader *r, const char **data, size_t *len) {
+  for (;;) {
+    if (r->len - r->pos >= 4) {
+      int n = hex4(r->buf + r->pos);
+      if (n < 0 || (n > 0 && n < 4))
+        return git_error_set(GIT_ERROR_NET, "malformed reply from the server"), -1;
+      if (n == 0 || r->len - r->pos >= (size_t)n) {
+        *data = r->buf + r->pos + 4;
+        *len = n ? (size_t)n - 4 : 0;
+        r->pos += n ? (size_t)n : 4;
+        return 1;
+      }
+    }
+    if (r->pos > 0) {
+      memmove(r->buf, r->buf + r->pos, r->len - r->pos);
+      r->len -= r->pos;
+      r->pos = 0;
+    }
+    size_t got = 0;
+    int rc = r->st->read(r->st, r->buf + r->len, sizeof r->buf - r->len, &got);
+    if (rc < 0) return rc;
+    if (got == 0) return 0;
+    r->len += got;
+  }
+}
+
+/* What the server reported: unpack status and the status of our ref. */
+typedef struct {
+  const char *ref;
+  int unpack_ok, ref_seen, done;
+  char report[4096]; /* side-band 1: the report's own pkt-lines, as they arrive */
+  size_t report_len;
+} wire_report;
+
+/* One line of report-status ("unpack ok", "ok <ref>", "ng <ref> <reason>"). */
+static void report_line(wire_report *rep, netctx *n, const char *line, size_t len) {
+  while (len > 0 && line[len - 1] == '\n')
+    len--;
+  size_t rlen = strlen(rep->ref);
+  if (len >= 7 && memcmp(line, "unpack ", 7) == 0) {
+    rep->unpack_ok = len == 9 && memcmp(line + 7, "ok", 2) == 0;
+    if (!rep->unpack_ok)
+      snprintf(n->failure, sizeof n->failure, "the server could not unpack the pack: %.*s",
+               (int)(len - 7), line + 7);
+  } else if (len >= 3 + rlen && (memcmp(line, "ok ", 3) == 0 || memcmp(line, "ng ", 3) == 0) &&
+             memcmp(line + 3, rep->ref, rlen) == 0 && (len == 3 + rlen || line[3 + rlen] == ' ')) {
+    rep->ref_seen = 1;
+    if (line[0] == 'n' && n->rejected[0] == '\0') {
+      const char *why = len > 4 + rlen ? line + 4 + rlen : "rejected";
+      int wlen = len > 4 + rlen ? (int)(len - 4 - rlen) : 8;
+      snprintf(n->rejected, sizeof n->rejected, "%.*s", wlen, why);
+    }
+  }
+}
+
+/* Side-band 1 data: the report's pkt-lines, possibly split across packets. */
+static int report_data(wire_report *rep, netctx *n, const char *data, size_t len) {
+  if (len > sizeof rep->report - rep->report_len)
+    return git_error_set(GIT_ERROR_NET, "the server's report is too long"), -1;
+  memcpy(rep->report + rep->report_len, data, len);
+  rep->report_len += len;
+  size_t at = 0;
+  while (rep->report_len - at >= 4) {
+    int plen = hex4(rep->report + at);
+    if (plen < 0 || (plen > 0 && plen < 4))
+      return git_error_set(GIT_ERROR_NET, "malformed report from the server"), -1;
+    if (plen == 0) {
+      rep->done = 1;
+      at += 4;
+      continue;
+    }
+    if (rep->report_len - at < (size_t)plen) break;
+    report_line(rep, n, rep->report + at + 4, (size_t)plen - 4);
+    at += (size_t)plen;
+  }
+  memmove(rep->report, rep->report + at, rep->report_len - at);
+  rep->report_len -= at;
+  return 0;
+}
+
+/* Read the server's answer to the push to the end. */
+static int read_report(git_smart_subtransport_stream *st, int sideband, wire_report *rep,
+                       netctx *n) {
+  pkt_reader *r = malloc(sizeof *r);
+  if (r == NULL) return git_error_set_oom(), -1;
+  r->st = st;
+  r->len = r->pos = 0;
+  const char *data;
+  size_t len;
+  int rc;
+  while ((rc = pkt_read(r, &data, &len)) > 0) {
+    if (len == 0) { /* flush: the end of the report, or of the side-band stream */
+      rep->done = 1;
+      break;
+    }
+    if (!sideband) {
+      report_line(rep, n, data, len);
+    } else if (data[0] == 1) {
+      if ((rc = report_data(rep, n, data + 1, len - 1)) < 0) break;
+    } else if (data[0] == 2) {
+      on_sideband(data + 1, (int)(len - 1), n);
+    } else if (data[0] == 3) {
+      snprintf(n->failure, sizeof n->failure, "remote error: %.*s", (int)(len - 1), data + 1);
+      rc = -1;
+      break;
+    }
+  }
+  free(r);
+  if (rc == 0 && !rep->done)
+    snprintf(n->failure, sizeof n->failure, "the server closed the connection before its report");
+  if (rc == 0 && !rep->done) rc = -1;
+  if (rc >= 0 && !rep->unpack_ok) rc = -1;
+  if (rc >= 0 && !rep->ref_seen) {
+    snprintf(n->failure, sizeof n->failure, "the server did not report on %s", rep->ref);
+    rc = -1;
+  }
+  return rc < 0 ? (n->failure[0] ? GIT_EUSER : rc) : 0;
+}
+
+/* Mark commit `id`, its tree and everything in that as known to the server. */
+static int plan_known_commit(push_plan *p, const git_oid *id) {
+  git_odb_object *obj = NULL;
+  git_oid tree;
+  if (oidset_add(&p->seen, id) < 0) return git_error_set_oom(), -1;
+  int rc = git_odb_read(&obj, p->ours, id);
+  if (rc < 0) return rc;
+  rc = git_odb_object_type(obj) == GIT_OBJECT_COMMIT
+           ? commit_tree_id(&tree, git_odb_object_data(obj), git_odb_object_size(obj))
+           : -1;
+  git_odb_object_free(obj);
+  if (rc < 0) return malformed(id, "commit");
+  int added = oidset_add(&p->seen, &tree);
+  if (added < 0) return git_error_set_oom(), -1;
+  if (added == 0) return 0;
+  size_t len = 0, cap = 64;
+  git_oid *ids = malloc(cap * sizeof *ids); /* trees still to read */
+  if (ids == NULL) return git_error_set_oom(), -1;
+  ids[len++] = tree;
+  while (rc >= 0 && len > 0) {
+    git_oid t = ids[--len];
+    if ((rc = git_odb_read(&obj, p->ours, &t)) < 0) break;
+    const char *s = git_odb_object_data(obj), *end = s + git_odb_object_size(obj);
+    tree_entry_raw e;
+    int r;
+    while ((r = next_entry(&s, end, &e)) > 0) {
+      if ((e.mode & 0170000) == 0160000) continue;
+      git_oid entry;
+      git_oid_fromraw(&entry, e.id);
+      if ((added = oidset_add(&p->seen, &entry)) < 0) break;
+      if (added == 0 || !ENTRY_IS_DIR(&e)) continue;
+      if (len == cap) {
+        git_oid *more = realloc(ids, cap * 2 * sizeof *ids);
+        if (more == NULL) {
+          added = -1;
+          break;
+        }
+        ids = more;
+        cap *= 2;
+      }
+      ids[len++] = entry;
+    }
+    git_odb_object_free(obj);
+    if (added < 0)
+      rc = (git_error_set_oom(), -1);
+    else if (r < 0)
+      rc = malformed(&t, "tree");
+  }
+  free(ids);
+  return rc < 0 ? rc : 0;
+}
+
+/* What the server has, as git works it out: the new commits are those reachable from `tip`
+ * and not from the advertised refs we have too; the commits at their edge, with their trees,
+ * are the server's. */
+static int plan_remote(push_plan *p, git_repository *repo, const git_oid *tip,
+                       const git_remote_head **heads, size_t count) {
+  git_revwalk *walk = NULL;
+  oidset fresh;
+  memset(&fresh, 0, sizeof fresh);
+  int rc = git_revwalk_new(&walk, repo);
+  if (rc == 0) rc = git_revwalk_push(walk, tip);
+  for (size_t i = 0; rc == 0 && i < count; i++) {
+    if (git_oid_is_zero(&heads[i]->oid) || !git_odb_exists(p->ours, &heads[i]->oid)) continue;
+    if (git_revwalk_hide(walk, &heads[i]->oid) < 0) git_error_clear(); /* not a commit */
+  }
+  git_oid id;
+  while (rc == 0 && (rc = git_revwalk_next(&id, walk)) == 0)
+    if (oidset_add(&fresh, &id) < 0) rc = (git_error_set_oom(), -1);
+  if (rc == GIT_ITEROVER) rc = 0;
+  git_revwalk_free(walk);
+  for (size_t i = 0; rc == 0 && i < fresh.cap; i++) {
+    if (git_oid_is_zero(&fresh.slots[i])) continue;
+    git_odb_object *obj = NULL;
+    if ((rc = git_odb_read(&obj, p->ours, &fresh.slots[i])) < 0) break;
+    const char *s = git_odb_object_data(obj), *end = s + git_odb_object_size(obj);
+    git_oid parent;
+    if (end - s < 46) rc = malformed(&fresh.slots[i], "commit");
+    for (s += 46; rc == 0 && end - s >= 48 && memcmp(s, "parent ", 7) == 0; s += 48) {
+      if (git_oid_fromstrn(&parent, s + 7, GIT_OID_HEXSZ) < 0)
+        rc = malformed(&fresh.slots[i], "commit");
+      else if (!oidset_value(&fresh, &parent) && !oidset_value(&p->seen, &parent))
+        rc = plan_known_commit(p, &parent);
+    }
+    git_odb_object_free(obj);
+  }
+  oidset_free(&fresh);
+  return rc;
+}
+
+/*
+ * Push `spec` ("src:refs/...") to the git:// or http(s):// remote `remote` at `url`. Returns 0
+ * (n->rejected set when the server refused the ref), a libgit2 error (n->failure and n->moved
+ * say more), or PUSH_UNSUPPORTED when libgit2's push should do it (forced or deleting refspecs,
+ * anything but a commit, a server without report-status).
+ */
+static int push_wire(git_repository *repo, git_remote *remote, const char *url, int kind,
+                     const char *spec, netctx *n) {
+  const char *colon = strchr(spec, ':');
+  if (spec[0] == '+' || colon == NULL || colon == spec || strncmp(colon + 1, "refs/", 5) != 0)
+    return PUSH_UNSUPPORTED;
+  const char *dst = colon + 1;
+  char *src = strndup(spec, (size_t)(colon - spec));
+  git_object *obj = NULL;
+  git_smart_subtransport_stream *st = NULL;
+  push_plan plan;
+  memset(&plan, 0, sizeof plan);
+  wire_push *w = calloc(1, sizeof *w);
+  git_oid tip, cur;
+  memset(&cur, 0, sizeof cur);
+  int rc = PUSH_UNSUPPORTED, connected = 0;
+  if (src == NULL || w == NULL || git_revparse_single(&obj, repo, src) < 0 ||
+      git_object_type(obj) != GIT_OBJECT_COMMIT)
+    goto done;
+  git_oid_cpy(&tip, git_object_id(obj));
+  w->kind = kind;
+  n->wire = w;
+  git_remote_callbacks cb;
+  git_remote_init_callbacks(&cb, GIT_REMOTE_CALLBACKS_VERSION);
+  netctx_callbacks(n, &cb);
+  cb.transport = wire_transport;
+  if ((rc = git_remote_connect(remote, GIT_DIRECTION_PUSH, &cb, NULL, NULL)) < 0) goto done;
+  connected = 1;
+  char caps[1024];
+  if (wire_caps(w, caps, sizeof caps) < 0 || !has_cap(caps, "report-status")) {
+    rc = PUSH_UNSUPPORTED;
+    goto done;
+  }
+  const git_remote_head **heads = NULL;
+  size_t count = 0;
+  if ((rc = git_remote_ls(&heads, &count, remote)) < 0) goto done;
+  for (size_t i = 0; i < count; i++)
+    if (strcmp(heads[i]->name, dst) == 0) git_oid_cpy(&cur, &heads[i]->oid);
+
+  if (n->has_expect && !git_oid_equal(&cur, &n->expect)) {
+    note_moved(n, dst, &cur, &n->expect);
+    rc = GIT_EUSER;
+    goto done;
+  }
+  if (git_oid_equal(&cur, &tip)) {
+    rc = 0; /* up to date */
+    goto done;
+  }
+  if ((rc = git_repository_odb(&plan.ours, repo)) < 0) goto done;
+  if (!git_oid_is_zero(&cur)) {
+    if (!git_odb_exists(plan.ours, &cur) || git_graph_descendant_of(repo, &tip, &cur) != 1) {
+      git_error_clear();
+      rc = GIT_ENONFASTFORWARD;
+      goto done;
+    }
+  }
+  plan.thin = !has_cap(caps, "no-thin");
+  if ((rc = plan_remote(&plan, repo, &tip, heads, count)) < 0 ||
+      (rc = plan_objects(&plan, &tip)) < 0 || (rc = plan_deltas(&plan)) < 0)
+    goto done;
+
+  if ((rc = w->inner->action(&st, w->inner, url, GIT_SERVICE_RECEIVEPACK)) < 0) goto done;
+  int sideband = has_cap(caps, "side-band-64k");
+  char cmd[600], old[SHA_HEX], new[SHA_HEX];
+  git_oid_tostr(old, sizeof old, &cur);
+  git_oid_tostr(new, sizeof new, &tip);
+  int len = snprintf(cmd, sizeof cmd, "%s %s %s%creport-status%s\n", old, new, dst, '\0',
+                     sideband ? " side-band-64k" : "");
+  if (len < 0 || (size_t)len >= sizeof cmd) {
+    git_error_set(GIT_ERROR_NET, "reference name too long");
+    rc = -1;
+    goto done;
+  }
+  if ((rc = pkt_write(st, cmd, (size_t)len)) < 0 || (rc = st->write(st, "0000", 4)) < 0 ||
+      (rc = write_pack(NULL, st, &plan, n)) < 0)
+    goto done;
+  wire_report rep;
+  memset(&rep, 0, sizeof rep);
+  rep.ref = dst;
+  rc = read_report(st, sideband, &rep, n);
+done:
+  if (st && st != w->ls_inner) st->free(st); /* ours, not the advertisement's */
+  if (connected) git_remote_disconnect(remote);
+  if (w && w->sub) w->sub->w = NULL;
+  n->wire = NULL;
+  plan_free(&plan);
+  git_odb_free(plan.ours);
+  git_object_free(obj);
+  free(w);
+  free(src);
+  if (rc == PUSH_UNSUPPORTED) git_error_clear();
   return rc;
 }
 
@@ -1616,7 +2503,8 @@ done:
  *   -> true | nil, err, code
  * code "EMOVED" when the remote ref is not at `expect` (or moved during the push), "EREJECTED"
  * when the server refused it. One refspec to a bare repository on a local path is written
- * directly (see push_local); direct=false goes through libgit2's transport instead.
+ * directly (see push_local), one to a git:// or http(s):// remote sent with our own pack (see
+ * push_wire); direct=false goes through libgit2's push instead.
  */
 static int repo_push(lua_State *L) {
   git_repository *repo = check_repo(L, 1);
@@ -1646,8 +2534,14 @@ static int repo_push(lua_State *L) {
   const char *url =
       git_remote_pushurl(remote) ? git_remote_pushurl(remote) : git_remote_url(remote);
   const char *path = direct && specs.count == 1 ? local_repository_path(url) : NULL;
-  rc = path ? push_local(repo, path, specs.strings[0], &n) : LOCAL_PUSH_UNSUPPORTED;
-  if (rc == LOCAL_PUSH_UNSUPPORTED) rc = git_remote_push(remote, &specs, &po);
+  int wire = !direct || specs.count != 1                                           ? 0
+             : strncmp(url, "git://", 6) == 0                                      ? WIRE_GIT
+             : strncmp(url, "http://", 7) == 0 || strncmp(url, "https://", 8) == 0 ? WIRE_HTTP
+                                                                                   : 0;
+  rc = path   ? push_local(repo, path, specs.strings[0], &n)
+       : wire ? push_wire(repo, remote, url, wire, specs.strings[0], &n)
+              : PUSH_UNSUPPORTED;
+  if (rc == PUSH_UNSUPPORTED) rc = git_remote_push(remote, &specs, &po);
   git_remote_free(remote);
 
   char target[1200], safe[512];
@@ -1717,10 +2611,10 @@ static const char *delta_change(git_delta_t s) {
 /* What a diff reports beyond the list of files. */
 typedef struct {
   int renames;
-  int stats;         /* additions, deletions, binary */
-  int hunks;         /* hunk ranges per file */
-  int lines;         /* and the lines of each hunk */
-  int context;       /* context lines around each change */
+  int stats;          /* additions, deletions, binary */
+  int hunks;          /* hunk ranges per file */
+  int lines;          /* and the lines of each hunk */
+  int context;        /* context lines around each change */
   git_strarray paths; /* only these paths (exact, not patterns); count 0 = all */
 } diff_opts;
 

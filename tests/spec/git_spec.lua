@@ -719,6 +719,99 @@ describe("moonops.git", function()
       assert.matches("main is frozen", err)
     end)
 
+    -- The target (srv/ws.git, served) and a source work repository share a base commit and
+    -- have history on both sides; a bare working copy `wc` fetched both and merged them,
+    -- source winning. The files are long enough for deltas to pay off.
+    local function diverged()
+      local function lines(tag, n)
+        local out = {}
+        for i = 1, n do out[i] = string.format("select %d as id, '%s' as tag from models_%d", i, tag, i) end
+        return table.concat(out, "\n") .. "\n"
+      end
+      local tw, sw = sb.root .. "/tw", sb.root .. "/sw"
+      sb.git(sb.root, "git clone -q " .. T.q(bare) .. " tw")
+      sb.commit(tw, { ["lib/a.sql"] = lines("base", 40), ["lib/b.sql"] = lines("base", 30),
+        ["x.sql"] = lines("base", 20) }, "base")
+      sb.git(tw, "git push -q origin main")
+      sb.git(sb.root, "git clone -q " .. T.q(bare) .. " sw")
+      sb.commit(sw, { ["lib/a.sql"] = lines("base", 40) .. "-- source one\n" }, "source one")
+      sb.commit(sw, { ["lib/b.sql"] = lines("source", 30), ["y.sql"] = lines("y", 10) }, "source two")
+      sb.commit(tw, { ["x.sql"] = lines("target", 20) }, "target one")
+      sb.git(tw, "git push -q origin main")
+      local wc = assert(git.init(sb.root .. "/wc", { bare = true }))
+      assert(wc:fetch(srv.url("ws.git"), { "+refs/heads/main:refs/remotes/origin/main" }))
+      assert(wc:fetch(sw, { "+refs/heads/main:refs/remotes/src/main" }))
+      local r = assert(wc:merge("refs/remotes/origin/main", "refs/remotes/src/main",
+        { favor = "theirs", allow_unrelated = true, message = "merge\n" }))
+      assert(wc:update_ref("refs/moonops/promote/main", r.commit))
+      return wc, r.commit, sw
+    end
+    local function objects(dir)
+      local set = {}
+      for id in sb.git(dir, "git cat-file --batch-all-objects --batch-check='%(objectname)'"):gmatch("%x+") do
+        set[id] = true
+      end
+      return set
+    end
+    local function fsck(dir)
+      return sb.git(dir, "git fsck --full --no-dangling 2>&1 | grep -v -e '^Checking' -e '^notice' || true")
+    end
+
+    it("pushes a merge as the objects git would send, with deltas the server resolves", function()
+      local wc <close>, tip, sw = diverged()
+      local old = wc:resolve("refs/remotes/origin/main")
+      sb.git(sb.root, "cp -a srv/ws.git srv/ws2.git")
+      sb.git(bare, "git config receive.unpackLimit 1") -- keep what arrives as a pack
+      -- git's choice (the oracle): reachable from the tip, not from the server's refs
+      local refs = sb.git(bare, "git for-each-ref --format='%(objectname)'"):gsub("\n", " ")
+      local want = {}
+      for id in sb.git(sb.root .. "/wc", "git rev-list --objects " .. tip .. " --not " .. refs
+        .. " | cut -d' ' -f1"):gmatch("%x+") do
+        want[id] = true
+      end
+      local had = objects(bare)
+      local events = {}
+      assert.is_true(wc:push(srv.url("ws.git"), { "refs/moonops/promote/main:refs/heads/main" },
+        { expect = old, progress = function(e) events[#events + 1] = e end }))
+      assert.equal(tip, sb.git(bare, "git rev-parse main"))
+      assert.equal(old .. "\n" .. sb.git(sw, "git rev-parse main"), sb.git(bare, "git rev-parse main^@"))
+      assert.equal("", fsck(bare))
+      -- exactly those objects arrived, and the pack counted them as it went
+      local arrived = {}
+      for id in pairs(objects(bare)) do
+        if not had[id] then arrived[id] = true end
+      end
+      assert.same(want, arrived)
+      local last = events[#events]
+      assert.equal("pushing", last.phase)
+      local count = 0
+      for _ in pairs(want) do count = count + 1 end
+      assert.equal(count, last.total)
+      assert.equal(count, last.current)
+      -- the source's lib/a.sql went as a delta against the base's version
+      local blob = sb.git(sw, "git rev-parse HEAD~1:lib/a.sql")
+      local stored = sb.git(bare, "for p in objects/pack/*.idx; do git verify-pack -v $p; done | grep '^" .. blob .. " '")
+      assert.matches("^%x+ blob +%d+ %d+ %d+ %d+ " .. sb.git(sw, "git rev-parse HEAD~2:lib/a.sql") .. "$", stored)
+      -- pushing it again is up to date; libgit2's own pack builder gives the same result
+      assert.is_true(wc:push(srv.url("ws.git"), { "refs/moonops/promote/main:refs/heads/main" }, { expect = tip }))
+      assert.is_true(wc:push(srv.url("ws2.git"), { "refs/moonops/promote/main:refs/heads/main" },
+        { expect = old, direct = false }))
+      assert.equal(tip, sb.git(sb.root .. "/srv/ws2.git", "git rev-parse main"))
+      assert.equal("", fsck(sb.root .. "/srv/ws2.git"))
+    end)
+
+    it("creates a branch in an empty repository, and names a missing one", function()
+      sb.git(sb.root, "git init -q --bare srv/empty.git")
+      local repo <close> = assert(git.clone(srv.url("ws.git"), sb.root .. "/c"))
+      local head = repo:resolve("HEAD")
+      assert.is_true(repo:push(srv.url("empty.git"), { "refs/heads/main:refs/heads/main" }, { expect = "" }))
+      assert.equal(head, sb.git(sb.root .. "/srv/empty.git", "git rev-parse main"))
+      assert.equal("", fsck(sb.root .. "/srv/empty.git"))
+      local ok, err = repo:push(srv.url("nope.git"), { "refs/heads/main:refs/heads/main" })
+      assert.is_nil(ok)
+      assert.matches("^push git://127%.0%.0%.1:%d+/nope%.git refs/heads/main: .", err)
+    end)
+
     it("aborts a fetch whose progress function raises, with that message", function()
       local repo <close> = assert(git.init(sb.root .. "/e"))
       local ok, err = repo:fetch(srv.url("ws.git"), { "+refs/heads/*:refs/remotes/x/*" },
@@ -761,6 +854,29 @@ describe("moonops.git", function()
       local sha = repo:commit({ message = "two", author = AUTHOR })
       assert.is_true(repo:push("origin", { "refs/heads/main:refs/heads/main" }, { credentials = creds }))
       assert.equal(sha, sb.git(sb.root .. "/srv/ws.git", "git rev-parse main"))
+    end)
+
+    it("pushes a merge with history, and gives up on a wrong token after bounded attempts", function()
+      local creds = { username = "bot", token = "s3cret-token-value" }
+      local repo <close> = assert(git.clone(web.url("ws.git"), sb.root .. "/c", { credentials = creds }))
+      local old = repo:resolve("HEAD")
+      for i = 1, 3 do
+        T.write(sb.root .. "/c/f" .. i, string.rep("line " .. i .. "\n", 40))
+        repo:add_all()
+        repo:commit({ message = "commit " .. i, author = AUTHOR })
+      end
+      local tip = repo:resolve("HEAD")
+      local ok, err, code = repo:push("origin", { "refs/heads/main:refs/heads/main" },
+        { credentials = { username = "bot", token = "wrong-token-5678" } })
+      assert.is_nil(ok)
+      assert.equal("EAUTH", code)
+      assert.matches("3 attempts", err)
+      assert.is_nil(err:find("wrong-token-5678", 1, true))
+      assert.equal(old, sb.git(sb.root .. "/srv/ws.git", "git rev-parse main"))
+      assert.is_true(repo:push("origin", { "refs/heads/main:refs/heads/main" }, { credentials = creds, expect = old }))
+      assert.equal(tip, sb.git(sb.root .. "/srv/ws.git", "git rev-parse main"))
+      assert.equal("", sb.git(sb.root .. "/srv/ws.git",
+        "git fsck --full --no-dangling 2>&1 | grep -v -e '^Checking' -e '^notice' || true"))
     end)
 
     it("gives up after a bounded number of attempts with a wrong token, never printing it", function()
