@@ -2,6 +2,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <glob.h>
 #include <limits.h>
 #include <stdint.h>
@@ -434,9 +435,8 @@ static int fs_exists(lua_State *L) {
   return 1;
 }
 
-/* fs.glob(pattern) -> sorted array of matching paths (empty when none match) */
-static int fs_glob(lua_State *L) {
-  const char *pattern = luaL_checkstring(L, 1);
+/* glob(3): `**` is `*`, and wildcards skip names that start with a dot. */
+static int glob_shell(lua_State *L, const char *pattern) {
   glob_t g;
   memset(&g, 0, sizeof g);
   int rc = glob(pattern, GLOB_NOSORT, NULL, &g);
@@ -461,6 +461,297 @@ static int fs_glob(lua_State *L) {
     lua_pop(L, 1);
   }
   push_sorted(L, v, n);
+  return 1;
+}
+
+/*
+ * The recursive form follows Python's pathlib.Path.glob: the pattern is split
+ * into components; `**` alone matches the directory it starts from and every
+ * directory below it, never descending through a symbolic link; a component
+ * with `*`, `?` or `[` is matched with fnmatch(3) against every entry (a
+ * leading dot is an ordinary character); any other component is a name looked
+ * up as is. The walk makes no Lua calls, so no directory stays open across a
+ * raise; results and the failing path live in malloc'ed memory owned by a
+ * userdata whose closer frees them.
+ */
+#define GLOB_T "moonops.fs.glob"
+#define GLOB_MAX_DIRS 100000
+
+typedef struct {
+  char **parts; /* components of the pattern, without "" and "." */
+  size_t nparts;
+  int dir_only; /* the pattern ends with '/': the last component must be a directory */
+  char *path;   /* PATH_MAX bytes: the path being looked at */
+  char **found; /* matches (malloc'ed strings), unsorted, maybe repeated */
+  size_t nfound, capfound;
+  size_t dirs, max_dirs; /* directories listed so far, and the bound */
+  int err;               /* errno of the failure that stopped the walk; 0 = none */
+  const char *failed_op; /* "list" or "stat" */
+  char *failed_path;     /* malloc'ed */
+  int over_limit;
+} glob_walk;
+
+static void glob_release(void **h) {
+  glob_walk *g = *h;
+  if (g == NULL) return;
+  for (size_t i = 0; i < g->nfound; i++)
+    free(g->found[i]);
+  free(g->found);
+  free(g->failed_path);
+  g->found = NULL;
+  g->failed_path = NULL;
+  g->nfound = g->capfound = 0;
+  *h = NULL;
+}
+
+static int glob_close(lua_State *L) {
+  glob_release(luaL_checkudata(L, 1, GLOB_T));
+  return 0;
+}
+
+/* Failures that mean "no match here", as pathlib treats them: gone, not a directory, a link loop.
+ */
+static int glob_ignorable(int e) {
+  return e == ENOENT || e == ENOTDIR || e == ELOOP;
+}
+
+static int glob_fail(glob_walk *g, const char *op, int e) {
+  if (g->err == 0 && !g->over_limit) {
+    g->err = e;
+    g->failed_op = op;
+    g->failed_path = strdup(g->path[0] ? g->path : ".");
+  }
+  return -1;
+}
+
+/* Append "/name" (or "name" after "" or "/") to the path of length len; new length, 0 if too long.
+ */
+static size_t glob_join(glob_walk *g, size_t len, const char *name) {
+  size_t n = strlen(name);
+  size_t sep = len > 0 && g->path[len - 1] != '/';
+  if (len + sep + n >= PATH_MAX) return 0;
+  if (sep) g->path[len] = '/';
+  memcpy(g->path + len + sep, name, n + 1);
+  return len + sep + n;
+}
+
+static int glob_add(glob_walk *g, size_t len) {
+  g->path[len] = '\0';
+  if (g->nfound == g->capfound) {
+    size_t cap = g->capfound ? g->capfound * 2 : 16;
+    char **v = realloc(g->found, cap * sizeof *v);
+    if (v == NULL) return glob_fail(g, "list", ENOMEM);
+    g->found = v;
+    g->capfound = cap;
+  }
+  char *s = strdup(len ? g->path : ".");
+  if (s == NULL) return glob_fail(g, "list", ENOMEM);
+  g->found[g->nfound++] = s;
+  return 0;
+}
+
+/* The entries of one directory: a d_type byte then the name and its NUL, one after another. */
+typedef struct {
+  char *buf;
+  size_t len, cap;
+} glob_entries;
+
+/*
+ * Read the directory at path[0..len) into e (closed before returning); 0, or -1 with
+ * the failure recorded. A directory that is gone or is not one gives no entries.
+ * DT_UNKNOWN is resolved with fstatat (not following links) while it is open.
+ */
+static int glob_list(glob_walk *g, size_t len, glob_entries *e) {
+  g->path[len] = '\0';
+  if (g->dirs >= g->max_dirs) {
+    g->over_limit = 1;
+    return -1;
+  }
+  g->dirs++;
+  DIR *d = opendir(len ? g->path : ".");
+  if (d == NULL) return glob_ignorable(errno) ? 0 : glob_fail(g, "list", errno);
+  int rc = 0;
+  for (;;) {
+    errno = 0;
+    struct dirent *ent = readdir(d);
+    if (ent == NULL) {
+      if (errno && !glob_ignorable(errno)) rc = glob_fail(g, "list", errno);
+      break;
+    }
+    const char *n = ent->d_name;
+    if (n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0'))) continue;
+    unsigned char type = ent->d_type;
+    if (type == DT_UNKNOWN) {
+      struct stat st;
+      if (fstatat(dirfd(d), n, &st, AT_SYMLINK_NOFOLLOW) == 0)
+        type = S_ISDIR(st.st_mode) ? DT_DIR : S_ISLNK(st.st_mode) ? DT_LNK : DT_REG;
+    }
+    size_t need = strlen(n) + 2;
+    if (e->len + need > e->cap) {
+      size_t cap = e->cap ? e->cap * 2 : 1024;
+      while (cap < e->len + need)
+        cap *= 2;
+      char *b = realloc(e->buf, cap);
+      if (b == NULL) {
+        rc = glob_fail(g, "list", ENOMEM);
+        break;
+      }
+      e->buf = b;
+      e->cap = cap;
+    }
+    e->buf[e->len] = (char)type;
+    memcpy(e->buf + e->len + 1, n, need - 1);
+    e->len += need;
+  }
+  closedir(d);
+  return rc;
+}
+
+static int glob_match(glob_walk *g, size_t idx, size_t len);
+
+/* `**`: the rest of the pattern from the directory at path[0..len) and every directory below. */
+static int glob_tree(glob_walk *g, size_t next, size_t len) {
+  if (glob_match(g, next, len) < 0) return -1;
+  glob_entries e = {NULL, 0, 0};
+  int rc = glob_list(g, len, &e);
+  for (size_t off = 0; rc == 0 && off < e.len;) {
+    unsigned char type = (unsigned char)e.buf[off];
+    const char *name = e.buf + off + 1;
+    off += strlen(name) + 2;
+    if (type != DT_DIR) continue; /* symbolic links are not followed */
+    size_t n = glob_join(g, len, name);
+    rc = n ? glob_tree(g, next, n) : glob_fail(g, "list", ENAMETOOLONG);
+  }
+  free(e.buf);
+  return rc;
+}
+
+/* Match components idx.. below the directory at path[0..len). */
+static int glob_match(glob_walk *g, size_t idx, size_t len) {
+  if (idx == g->nparts) return glob_add(g, len);
+  const char *part = g->parts[idx];
+  int dir_only = idx + 1 < g->nparts || g->dir_only;
+  if (strcmp(part, "**") == 0) return glob_tree(g, idx + 1, len);
+  struct stat st;
+  if (strpbrk(part, "*?[") == NULL) {
+    size_t n = glob_join(g, len, part);
+    if (n == 0) return glob_fail(g, "stat", ENAMETOOLONG);
+    if (stat(g->path, &st) < 0) return glob_ignorable(errno) ? 0 : glob_fail(g, "stat", errno);
+    if (dir_only && !S_ISDIR(st.st_mode)) return 0;
+    return glob_match(g, idx + 1, n);
+  }
+  glob_entries e = {NULL, 0, 0};
+  int rc = glob_list(g, len, &e);
+  for (size_t off = 0; rc == 0 && off < e.len;) {
+    unsigned char type = (unsigned char)e.buf[off];
+    const char *name = e.buf + off + 1;
+    off += strlen(name) + 2;
+    if (fnmatch(part, name, FNM_NOESCAPE) != 0) continue;
+    size_t n = glob_join(g, len, name);
+    if (n == 0) {
+      rc = glob_fail(g, "stat", ENAMETOOLONG);
+      break;
+    }
+    if (dir_only && type != DT_DIR) {
+      if (type != DT_LNK) continue;
+      if (stat(g->path, &st) < 0) {
+        if (!glob_ignorable(errno)) rc = glob_fail(g, "stat", errno);
+        continue;
+      }
+      if (!S_ISDIR(st.st_mode)) continue;
+    }
+    rc = glob_match(g, idx + 1, n);
+  }
+  free(e.buf);
+  return rc;
+}
+
+/*
+ * fs.glob(pattern [, {recursive=true, root=dir, max_dirs=100000}])
+ *   -> sorted array of matching paths (empty when none match) | nil, err [, code]
+ * Without options: glob(3). With recursive=true: pathlib's rules (above); a
+ * pattern ending in '/' matches directories only; with root, the pattern is
+ * relative to root, taken literally, and results start with root. Listing more
+ * than max_dirs directories, or a directory or entry that cannot be read, fails
+ * naming the path (pathlib skips unreadable directories silently).
+ */
+static int fs_glob(lua_State *L) {
+  size_t plen;
+  const char *pattern = luaL_checklstring(L, 1, &plen);
+  if (lua_isnoneornil(L, 2)) return glob_shell(L, pattern);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  int recursive = mo_optfield_boolean(L, 2, "recursive", 0);
+  const char *root = mo_optfield_string(L, 2, "root", NULL);
+  lua_Integer max_dirs = mo_optfield_integer(L, 2, "max_dirs", GLOB_MAX_DIRS);
+  if (!recursive) {
+    luaL_argcheck(L, root == NULL, 2, "root needs recursive=true");
+    return glob_shell(L, pattern);
+  }
+  luaL_argcheck(L, plen > 0, 1, "empty pattern");
+  luaL_argcheck(L, max_dirs > 0, 2, "max_dirs must be positive");
+  luaL_argcheck(L, root == NULL || pattern[0] != '/', 1, "pattern must be relative with root");
+  luaL_argcheck(L, root == NULL || root[0] != '\0', 2, "empty root");
+
+  void **h = mo_newhandle(L, sizeof(void *) + sizeof(glob_walk), GLOB_T);
+  glob_walk *g = (glob_walk *)(h + 1);
+  g->max_dirs = (size_t)max_dirs;
+  g->path = lua_newuserdatauv(L, PATH_MAX, 0);
+  g->path[0] = '\0';
+  /* split a copy of the pattern in place */
+  char *copy = lua_newuserdatauv(L, plen + 1, 0);
+  memcpy(copy, pattern, plen + 1);
+  g->parts = lua_newuserdatauv(L, (plen / 2 + 1) * sizeof(char *), 0);
+  g->dir_only = pattern[plen - 1] == '/';
+  char *save = NULL;
+  for (char *p = strtok_r(copy, "/", &save); p; p = strtok_r(NULL, "/", &save)) {
+    if (strcmp(p, ".") == 0) continue;
+    /* a run of `**` components is one */
+    if (strcmp(p, "**") == 0 && g->nparts && strcmp(g->parts[g->nparts - 1], "**") == 0) continue;
+    g->parts[g->nparts++] = p;
+  }
+  *h = g; /* from here on the closer frees what the walk allocates */
+
+  size_t len = 0;
+  if (root) {
+    size_t rlen = strlen(root);
+    while (rlen > 1 && root[rlen - 1] == '/')
+      rlen--;
+    if (rlen >= PATH_MAX) {
+      errno = ENAMETOOLONG;
+      return fail_path(L, "glob", root);
+    }
+    memcpy(g->path, root, rlen);
+    len = rlen;
+  } else if (pattern[0] == '/') {
+    g->path[0] = '/';
+    len = 1;
+  }
+  g->path[len] = '\0';
+  struct stat st;
+  int rc = 0;
+  if (stat(len ? g->path : ".", &st) < 0) {
+    if (!glob_ignorable(errno)) rc = glob_fail(g, "stat", errno);
+  } else if (S_ISDIR(st.st_mode)) {
+    rc = glob_match(g, 0, len);
+  }
+  if (rc < 0) {
+    if (g->over_limit)
+      return mo_fail(L, "glob %s: more than %I directories to search; narrow the pattern", pattern,
+                     (lua_Integer)g->max_dirs);
+    lua_pushfstring(L, "%s: %s %s", pattern, g->failed_op, g->failed_path ? g->failed_path : "?");
+    errno = g->err;
+    return fail_path(L, "glob", lua_tostring(L, -1));
+  }
+  if (g->nfound > 1) qsort(g->found, g->nfound, sizeof *g->found, cmp_strings);
+  lua_createtable(L, (int)(g->nfound > INT_MAX ? INT_MAX : g->nfound), 0);
+  lua_Integer n = 0;
+  for (size_t i = 0; i < g->nfound; i++) {
+    if (i > 0 && strcmp(g->found[i], g->found[i - 1]) == 0) continue;
+    lua_pushstring(L, g->found[i]);
+    lua_rawseti(L, -2, ++n);
+  }
+  mo_mark_array(L, -1);
+  glob_release(h);
   return 1;
 }
 
@@ -684,6 +975,7 @@ int luaopen_moonops_fs(lua_State *L) {
       {NULL, NULL},
   };
   mo_newclass(L, LOCK_T, lock_methods, lock_close);
+  mo_newclass(L, GLOB_T, (const luaL_Reg[]){{NULL, NULL}}, glob_close);
   luaL_newlib(L, funcs);
   return 1;
 }

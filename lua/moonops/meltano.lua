@@ -276,12 +276,22 @@ local function include_files(project, doc, root)
     for part in pattern:gmatch("[^/]+") do
       if part == ".." then fail("%s: include path %q leaves the project", at, pattern) end
     end
-    for _, path in ipairs(fs.glob(project.dir .. "/" .. pattern)) do
+    -- Meltano reads each pattern with pathlib's Path(project).glob: `**` spans directories
+    local matches, err = fs.glob(pattern, { recursive = true, root = project.dir })
+    if not matches then fail("%s: %s", at, err) end
+    for _, path in ipairs(matches) do
+      local shown = path == project.dir and "." or path:sub(#project.dir + 2)
       local real = fs.realpath(path)
-      if real and not seen[real] then
-        if real:sub(1, #root + 1) ~= root .. "/" then
-          fail("%s: include path %q matches %s, outside the project", at, pattern, path)
-        end
+      if real and real ~= root and real:sub(1, #root + 1) ~= root .. "/" then
+        fail("%s: include path %q matches %s, outside the project", at, pattern, path)
+      end
+      local st, serr = fs.stat(path)
+      if not st and (fs.stat(path, { follow = false }) or {}).type ~= "link" then fail("%s: %s", at, serr) end
+      if not st or st.type ~= "file" then
+        local what = not st and "a broken symbolic link" or st.type == "dir" and "a directory" or "not a regular file"
+        fail("%s: include path %q matches %s, %s (include_paths must match files only)", at, pattern, shown, what)
+      end
+      if not seen[real] then
         seen[real] = true
         files[#files + 1] = real:sub(#root + 2)
       end

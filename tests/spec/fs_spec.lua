@@ -215,6 +215,185 @@ describe("moonops.fs", function()
     end)
   end)
 
+  describe("glob with recursive=true, checked against Python's pathlib", function()
+    -- The oracle: pathlib.Path(root).glob(pattern) for each pattern, paths relative to
+    -- root ("." for root itself), sorted. Two rules changed in Python 3.13; the oracle
+    -- asks every version the same question: `**` inside a name is `*` (older versions
+    -- reject it) and a final `**` matches directories only (3.13 adds files, which is
+    -- what a final `**/` does not).
+    local ORACLE = [[
+import json, pathlib, re, sys
+root = pathlib.Path(sys.argv[1])
+out = {}
+for pattern in sys.argv[2:]:
+    asked = "/".join(p if p == "**" else re.sub(r"\*\*+", "*", p) for p in pattern.split("/"))
+    if asked.endswith("**"):
+        asked += "/"
+    found = set()
+    for p in root.glob(asked):
+        rel = str(p.relative_to(root))
+        found.add(rel)
+    out[pattern] = sorted(found)
+print(json.dumps(out))
+]]
+    local json = require "moonops.json"
+
+    local function pathlib(root, patterns, wrap)
+      local argv = {}
+      for _, a in ipairs(wrap or {}) do argv[#argv + 1] = a end
+      for _, a in ipairs { "python3", "-c", ORACLE, root } do argv[#argv + 1] = a end
+      for _, p in ipairs(patterns) do argv[#argv + 1] = p end
+      local r = T.run(argv)
+      assert.equal(0, r.code, r.stderr)
+      return json.decode(r.stdout)
+    end
+
+    -- fs.glob's matches relative to root, sorted.
+    local function ours(root, pattern)
+      local found = assert(fs.glob(pattern, { recursive = true, root = root }))
+      local out = {}
+      for i, p in ipairs(found) do
+        if p == root then
+          out[i] = "."
+        else
+          assert.equal(root .. "/", p:sub(1, #root + 1))
+          out[i] = p:sub(#root + 2)
+        end
+      end
+      table.sort(out)
+      return out
+    end
+
+    local function tree(root)
+      for _, f in ipairs {
+        "top.yml", ".top.yml", "notes.txt", "a[b.yml", "a/1.yml", "a/b/2.yml", "a/b/c/3.yml",
+        "a/b/c/.hidden.yml", ".hid/x/h.yml", "conf/x.meltano.yml", "conf/sub/z.meltano.yml",
+        "conf/sub/deep/y.meltano.yml", "conf/sub/deep/notes.txt",
+      } do
+        T.write(root .. "/" .. f, "")
+      end
+      fs.mkdirs(root .. "/empty")
+      assert(fs.symlink("../a", root .. "/conf/link"))
+      assert(fs.symlink("missing.yml", root .. "/conf/dangling.meltano.yml"))
+    end
+
+    local PATTERNS = {
+      -- `**` at the start, in the middle, at the end, twice
+      "**/*.yml", "**", "**/", "a/**", "a/**/*.yml", "conf/**/*.meltano.yml", "**/b/**/*.yml",
+      "**/**/*.yml", "**/c", "**/.hid",
+      -- hidden files and directories: `*` matches a leading dot
+      "*.yml", "*", ".*", "*/", ".hid/*/*.yml", "*/*/*/.*",
+      -- `**` inside a name acts like `*`
+      "conf/**.meltano.yml", "a**", "**.yml",
+      -- character classes, `?`, an unclosed bracket
+      "[ac]*", "[!a.]*", "[a-c]/?.yml", "?op.yml", "a[b.yml",
+      -- no magic: an existing file, a missing one, a directory, a trailing slash, a dangling link
+      "top.yml", "missing.yml", "missing/*.yml", "a/b", "a/b/", "top.yml/", "conf/dangling.meltano.yml",
+      -- empty and `.` components; a symlinked directory named (followed) and reached by `**` (not)
+      "./a//b/./*.yml", "conf/link/*", "conf/link/**", "conf/**/1.yml", "conf/*/", "conf/*.meltano.yml",
+    }
+
+    it("matches what pathlib matches, pattern by pattern", function()
+      tree(d)
+      local want = pathlib(d, PATTERNS)
+      for _, pattern in ipairs(PATTERNS) do
+        assert.same(want[pattern], ours(d, pattern), "pattern " .. pattern)
+      end
+      -- spot checks, so the oracle itself cannot drift unnoticed
+      assert.same({ "conf/dangling.meltano.yml", "conf/sub/deep/y.meltano.yml", "conf/sub/z.meltano.yml",
+        "conf/x.meltano.yml" }, ours(d, "conf/**/*.meltano.yml"))
+      assert.same({}, ours(d, "conf/dangling.meltano.yml"))
+      assert.same({ ".", ".hid", ".hid/x", "a", "a/b", "a/b/c", "conf", "conf/sub", "conf/sub/deep", "empty" },
+        ours(d, "**"))
+      assert.same({ ".hid/x/h.yml", ".top.yml", "a/1.yml", "a/b/2.yml", "a/b/c/.hidden.yml", "a/b/c/3.yml",
+        "a[b.yml", "conf/dangling.meltano.yml", "conf/sub/deep/y.meltano.yml", "conf/sub/z.meltano.yml",
+        "conf/x.meltano.yml", "top.yml" }, ours(d, "**/*.yml"))
+      assert.same({}, ours(d, "conf/**/1.yml"))
+      assert.same({ "conf/link/1.yml", "conf/link/b" }, ours(d, "conf/link/*"))
+    end)
+
+    it("returns paths as written: relative to the working directory, absolute, or under root", function()
+      tree(d)
+      local r = T.run({ T.bin, "lua", "-e", [[
+local fs = require "moonops.fs"
+print(table.concat(assert(fs.glob("a/**/*.yml", { recursive = true })), " "))
+print(table.concat(assert(fs.glob("./a/*.yml", { recursive = true })), " "))
+print(table.concat(assert(fs.glob("**", { recursive = true })), " "))
+]] }, { cwd = d })
+      assert.equal(0, r.code, r.stderr)
+      assert.equal("a/1.yml a/b/2.yml a/b/c/.hidden.yml a/b/c/3.yml\na/1.yml\n"
+        .. ". .hid .hid/x a a/b a/b/c conf conf/sub conf/sub/deep empty\n", r.stdout)
+      assert.same({ d .. "/a/1.yml", d .. "/a/b/2.yml", d .. "/a/b/c/.hidden.yml", d .. "/a/b/c/3.yml" },
+        fs.glob(d .. "/a/**/*.yml", { recursive = true }))
+      assert.same({ d .. "/a", d .. "/a/b", d .. "/a/b/c" }, fs.glob("a/**", { recursive = true, root = d .. "//" }))
+      assert.same({ d }, fs.glob(".", { recursive = true, root = d }))
+      assert.same({}, fs.glob("*", { recursive = true, root = d .. "/top.yml" }))
+      assert.same({}, fs.glob("*", { recursive = true, root = d .. "/missing" }))
+      -- glob(3) without the option, as before: `**` is `*`, no hidden names
+      assert.same({ d .. "/a/1.yml" }, fs.glob(d .. "/a/**.yml"))
+      assert.same({ d .. "/a[b.yml", d .. "/top.yml" }, fs.glob(d .. "/*.yml"))
+    end)
+
+    it("refuses a walk past max_dirs directories", function()
+      for i = 1, 5 do fs.mkdirs(d .. "/d" .. i .. "/x") end
+      -- the starting directory plus 5 plus 5 below them
+      assert.equal(11, #assert(fs.glob("**", { recursive = true, root = d, max_dirs = 11 })))
+      local v, err = fs.glob("**/*.yml", { recursive = true, root = d, max_dirs = 10 })
+      assert.is_nil(v)
+      assert.equal("glob **/*.yml: more than 10 directories to search; narrow the pattern", err)
+      -- named components are looked up, not listed, so they do not count
+      assert.same({ d .. "/d1/x" }, fs.glob("d1/x", { recursive = true, root = d, max_dirs = 1 }))
+    end)
+
+    it("fails on an unreadable directory, naming it, where pathlib skips it", function()
+      tree(d)
+      T.write(d .. "/locked/in/secret.yml", "")
+      assert(fs.chmod(d, 493)) -- 0755: the unprivileged user below may enter the tree
+      assert(fs.chmod(d .. "/locked", 448)) -- 0700: but not this directory
+      T.write(d .. "/probe.lua", [[
+local fs = require "moonops.fs"
+local root = ...
+for _, pattern in ipairs { "**/*.yml", "locked/*", "locked/in/secret.yml", "a/**/*.yml" } do
+  local v, err, code = fs.glob(pattern, { recursive = true, root = root })
+  print(v and ("ok " .. #v) or (err .. " " .. tostring(code)))
+end
+]])
+      -- as root, run both sides as nobody so the permission bits apply
+      local wrap = {}
+      if T.sh("id -u") == "0\n" then
+        wrap = { "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env",
+          "PATH=/usr/local/bin:/usr/bin:/bin" }
+      end
+      local argv = {}
+      for _, a in ipairs(wrap) do argv[#argv + 1] = a end
+      for _, a in ipairs { T.bin, "lua", d .. "/probe.lua", d } do argv[#argv + 1] = a end
+      local r = T.run(argv)
+      assert.equal(0, r.code, r.stderr)
+      assert.equal(table.concat({
+        "glob **/*.yml: list " .. d .. "/locked: Permission denied EACCES",
+        "glob locked/*: list " .. d .. "/locked: Permission denied EACCES",
+        "glob locked/in/secret.yml: stat " .. d .. "/locked/in: Permission denied EACCES",
+        "ok 4",
+        "",
+      }, "\n"), r.stdout)
+      -- pathlib, as the same user, leaves the directory out without a word
+      local want = pathlib(d, { "**/*.yml", "locked/*", "a/**/*.yml" }, wrap)
+      assert.same({}, want["locked/*"])
+      assert.equal(12, #want["**/*.yml"])
+      assert.same(ours(d, "a/**/*.yml"), want["a/**/*.yml"])
+      -- as root (or the owner) nothing is denied: the same walk succeeds
+      if wrap[1] then assert.equal(13, #assert(fs.glob("**/*.yml", { recursive = true, root = d }))) end
+    end)
+
+    it("raises on misuse", function()
+      assert.has_error(function() fs.glob("", { recursive = true }) end)
+      assert.has_error(function() fs.glob("/abs/*", { recursive = true, root = "/tmp" }) end)
+      assert.has_error(function() fs.glob("*", { root = "/tmp" }) end)
+      assert.has_error(function() fs.glob("*", { recursive = true, max_dirs = 0 }) end)
+      assert.has_error(function() fs.glob("*", "recursive") end)
+    end)
+  end)
+
   describe("symlinks and renames", function()
     it("symlink_swap points a link at a new target atomically", function()
       fs.mkdirs(d .. "/releases/1")

@@ -214,6 +214,47 @@ plugins:
       err = load_error(dir)
       assert.matches("outside the project", err, 1, true)
     end)
+
+    it("reads `**` as Meltano does: any number of directories, meltano.yml itself left out", function()
+      local shallow = "plugins:\n  extractors:\n  - name: tap-shallow\n    config:\n      depth: one\n"
+      local deep = "environments:\n- name: prod\n  config:\n    plugins:\n      extractors:\n"
+        .. "      - name: tap-shallow\n        config:\n          depth: three\n"
+      local dir = project({
+        ["meltano.yml"] = "version: 1\ninclude_paths: ['./conf/**/*.meltano.yml', '**/*.yml']\nenvironments:\n"
+          .. "- name: dev\n",
+        ["conf/a.meltano.yml"] = shallow,
+        ["conf/more/deeper/b.meltano.yml"] = deep,
+        ["conf/more/deeper/notes.txt"] = "not yaml: [",
+      })
+      local s, _, p = resolve(dir, { environment = "dev" })
+      assert.are.same({ "meltano.yml", "conf/a.meltano.yml", "conf/more/deeper/b.meltano.yml" }, p.files)
+      assert.are.equal("one", s["tap-shallow"].depth.value)
+      assert.are.equal("conf/a.meltano.yml:5", s["tap-shallow"].depth.origin)
+      s = resolve(dir, { environment = "prod" })
+      assert.are.equal("three", s["tap-shallow"].depth.value)
+      assert.are.equal("conf/more/deeper/b.meltano.yml:8", s["tap-shallow"].depth.origin)
+    end)
+
+    it("rejects a pattern that matches a directory or a broken link, at the pattern's line", function()
+      local files = {
+        ["meltano.yml"] = "version: 1\ninclude_paths:\n- conf/*.meltano.yml\n- conf/*\n",
+        ["conf/a.meltano.yml"] = "plugins:\n  loaders:\n  - name: target-a\n",
+        ["conf/sub/b.meltano.yml"] = "plugins:\n  loaders:\n  - name: target-b\n",
+      }
+      local err = load_error(project(files))
+      assert.matches('meltano.yml:4: include path "conf/*" matches conf/sub, a directory', err, 1, true)
+      files["meltano.yml"] = "version: 1\ninclude_paths:\n- conf/**\n"
+      err = load_error(project(files))
+      assert.matches('meltano.yml:3: include path "conf/**" matches conf, a directory', err, 1, true)
+      files["meltano.yml"] = "version: 1\ninclude_paths: ['conf/**/', '*.yml']\n"
+      assert.matches("meltano.yml:2: include path", load_error(project(files)), 1, true)
+      files["meltano.yml"] = "version: 1\ninclude_paths:\n- conf/**/*.meltano.yml\n- '*.meltano.yml'\n"
+      local dir = project(files)
+      assert(require("moonops.fs").symlink("gone.yml", dir .. "/broken.meltano.yml"))
+      err = load_error(dir)
+      assert.matches('meltano.yml:4: include path "*.meltano.yml" matches broken.meltano.yml, a broken symbolic link',
+        err, 1, true)
+    end)
   end)
 
   describe("the active environment", function()
