@@ -43,6 +43,21 @@ void mo_mark_array(lua_State *L, int idx);
  * returns 1 when such a channel is open. Safe from any thread. */
 int mo_notify_signal(const char *name);
 
+/* Process groups of the commands proc.c started and has not reaped yet (proc.c).
+ * MO_PROC_RUN: commands of proc.run; MO_PROC_SPAWN: background processes of proc.spawn. */
+#define MO_PROC_RUN 1
+#define MO_PROC_SPAWN 2
+/* killpg(sig) every registered group; returns how many. Async-signal-safe. */
+int mo_proc_signal_all(int sig);
+/* SIGTERM to every registered group of `kinds`, wait up to wait_ms for them to end,
+ * SIGKILL what is left; returns how many got SIGTERM. Their owners reap them.
+ * Async-signal-safe. */
+int mo_proc_terminate_all(int wait_ms, int kinds);
+/* Install the SIGINT/SIGTERM/SIGHUP handlers of the moonops program: forward the
+ * signal to every registered group, escalate to TERM and KILL, then die of it.
+ * Call once, from the main thread; a signal ignored at start stays ignored. */
+void mo_proc_forward_signals(void);
+
 /* Provenance of tables built by moonops.yaml (yaml.c): a weak-keyed side table
  * maps each mapping/sequence to its "meta", an array:
  *   [1] line, [2] column (1-based; 0 = unknown), [3] source name (or false),

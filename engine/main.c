@@ -15,6 +15,10 @@ int main(int argc, char **argv) {
    * work. Keep up to 4 MiB of free heap and map only blocks over 1 MiB. */
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
   mallopt(M_TRIM_THRESHOLD, 4 << 20);
+  /* Commands run in process groups of their own: Ctrl-C (SIGINT to moonops's group),
+   * SIGTERM and SIGHUP are forwarded to them before moonops dies of the signal.
+   * `moonops serve` blocks these and reads them itself (moonops.server). */
+  mo_proc_forward_signals();
   lua_State *L = moonops_vm_new();
   if (L == NULL) {
     fputs("moonops: out of memory\n", stderr);

@@ -1,4 +1,5 @@
 /* moonops.proc: run commands (never through a shell), background processes, time. */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -7,6 +8,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,6 +99,159 @@ static int reap(pid_t pid, int *status) {
   for (;;) {
     if (waitpid(pid, status, 0) == pid) return 0;
     if (errno != EINTR) return -1;
+  }
+}
+
+/* ---- process groups started and not reaped yet --------------------------------
+ *
+ * Every command is started in its own process group, so a Ctrl-C at a terminal
+ * (SIGINT to the foreground group: moonops's) or a SIGTERM to moonops never
+ * reaches it by itself. The groups are kept here so that they can be signalled
+ * from a signal handler: a fixed array of lock-free atomic slots, each 0 or a
+ * group id (a pid), negative for a background process from proc.spawn. A slot is
+ * cleared before its process is reaped: the group id of an unreaped child cannot
+ * be reused. With every slot taken, a further group is simply not tracked.
+ */
+#define GROUPS_MAX 512
+#define FORWARD_WAIT_MS 2000 /* after a forwarded signal, before TERM (or KILL) */
+#define TERM_WAIT_MS 1000    /* after TERM, before KILL */
+
+static_assert(ATOMIC_INT_LOCK_FREE == 2, "signal handlers need lock-free atomic ints");
+static atomic_int groups[GROUPS_MAX];
+static pid_t main_tid; /* the thread that takes forwarded signals; 0 when not installed */
+
+static int group_add(pid_t pid, int kind) {
+  int value = kind == MO_PROC_SPAWN ? -(int)pid : (int)pid;
+  for (int i = 0; i < GROUPS_MAX; i++) {
+    int expected = 0;
+    if (atomic_load_explicit(&groups[i], memory_order_relaxed) == 0 &&
+        atomic_compare_exchange_strong(&groups[i], &expected, value))
+      return i;
+  }
+  return -1;
+}
+
+static void group_remove(int *slot, pid_t pid) {
+  if (*slot < 0) return;
+  int expected = (int)pid, negative = -(int)pid;
+  if (!atomic_compare_exchange_strong(&groups[*slot], &expected, 0))
+    atomic_compare_exchange_strong(&groups[*slot], &negative, 0);
+  *slot = -1;
+}
+
+/* Send sig to every registered group of the given kinds; their ids go to `sent`
+ * (GROUPS_MAX entries, 0 for the rest). Returns how many were signalled. */
+static int signal_groups(int sig, int kinds, pid_t *sent) {
+  int n = 0;
+  for (int i = 0; i < GROUPS_MAX; i++) {
+    int v = atomic_load(&groups[i]);
+    pid_t pg = v < 0 ? -v : v;
+    int kind = v < 0 ? MO_PROC_SPAWN : MO_PROC_RUN;
+    if (v == 0 || !(kinds & kind) || kill(-pg, sig) < 0) continue;
+    if (sent) sent[n] = pg;
+    n++;
+  }
+  if (sent)
+    for (int i = n; i < GROUPS_MAX; i++)
+      sent[i] = 0;
+  return n;
+}
+
+static long long monotonic_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Wait up to ms for every group in pgs to be empty (entries set to 0 as they are);
+ * returns how many are not. With reap_leaders, exited leaders are reaped here (only
+ * when nothing else will: the process is about to die); otherwise their owners reap
+ * them, as a zombie leader keeps its group in existence. Async-signal-safe.
+ */
+static int wait_groups(pid_t *pgs, int n, int ms, int reap_leaders) {
+  long long deadline = monotonic_ms() + ms;
+  for (;;) {
+    int left = 0;
+    for (int i = 0; i < n; i++) {
+      if (pgs[i] == 0) continue;
+      int status;
+      if (reap_leaders) waitpid(pgs[i], &status, WNOHANG);
+      if (kill(-pgs[i], 0) < 0 && errno == ESRCH)
+        pgs[i] = 0;
+      else
+        left++;
+    }
+    if (left == 0 || monotonic_ms() >= deadline) return left;
+    struct timespec step = {0, 10 * 1000000L};
+    nanosleep(&step, NULL);
+  }
+}
+
+static int terminate_groups(int first_sig, int kinds, int ms, int then_term_ms, int reap_leaders) {
+  pid_t pgs[GROUPS_MAX];
+  int n = signal_groups(first_sig, kinds, pgs);
+  if (n == 0) return 0;
+  int left = wait_groups(pgs, n, ms, reap_leaders);
+  if (left > 0 && then_term_ms > 0) {
+    for (int i = 0; i < n; i++)
+      if (pgs[i]) kill(-pgs[i], SIGTERM);
+    left = wait_groups(pgs, n, then_term_ms, reap_leaders);
+  }
+  if (left > 0)
+    for (int i = 0; i < n; i++)
+      if (pgs[i]) kill(-pgs[i], SIGKILL);
+  return n;
+}
+
+int mo_proc_signal_all(int sig) {
+  return signal_groups(sig, MO_PROC_RUN | MO_PROC_SPAWN, NULL);
+}
+
+int mo_proc_terminate_all(int wait_ms, int kinds) {
+  return terminate_groups(SIGTERM, kinds, wait_ms < 0 ? 0 : wait_ms, 0, 0);
+}
+
+/*
+ * SIGINT, SIGTERM, SIGHUP of an ordinary moonops process: forward the signal to
+ * every command and background process, give them FORWARD_WAIT_MS to end, then
+ * TERM_WAIT_MS after a SIGTERM, then SIGKILL; then die of the signal as before
+ * (exit status 128+N), leaving the recovery of its work to the next moonops run.
+ */
+static void forward_and_die(int sig) {
+  int saved = errno;
+  pid_t tid = (pid_t)syscall(SYS_gettid);
+  if (main_tid != 0 && tid != main_tid && syscall(SYS_tgkill, getpid(), main_tid, sig) == 0) {
+    /* the main thread runs the Lua code that waits for the commands: stop it there */
+    errno = saved;
+    return;
+  }
+  terminate_groups(sig, MO_PROC_RUN | MO_PROC_SPAWN, FORWARD_WAIT_MS,
+                   sig == SIGTERM ? 0 : TERM_WAIT_MS, 1);
+  struct sigaction dfl;
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(sig, &dfl, NULL);
+  raise(sig); /* pending until this handler returns: sig is blocked while it runs */
+  errno = saved;
+}
+
+void mo_proc_forward_signals(void) {
+  static const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = forward_and_die;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+    sigaddset(&sa.sa_mask, sigs[i]);
+  main_tid = (pid_t)syscall(SYS_gettid);
+  for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) {
+    struct sigaction old;
+    /* a signal moonops was started ignoring (nohup, `&` in a script) stays ignored */
+    if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+    sigaction(sigs[i], &sa, NULL);
   }
 }
 
@@ -254,8 +409,12 @@ static int command_unusable(lua_State *L, const char *op, const command *cmd) {
   return 0;
 }
 
-/* posix_spawn cmd in its own process group with default signal handling; fds[i] >= 0 become i. */
-static int spawn_command(const command *cmd, const int fds[3], pid_t *pid) {
+/*
+ * posix_spawn cmd in its own process group with default signal handling; fds[i] >= 0
+ * become i. The group is registered as `kind` in `groups` (its slot in *slot) with
+ * the forwarded signals held back, so none can come between the start and the entry.
+ */
+static int spawn_command(const command *cmd, const int fds[3], pid_t *pid, int kind, int *slot) {
   posix_spawn_file_actions_t fa;
   posix_spawnattr_t attr;
   sigset_t none, all;
@@ -275,7 +434,15 @@ static int spawn_command(const command *cmd, const int fds[3], pid_t *pid) {
       posix_spawn_file_actions_addopen(&fa, i, "/dev/null", i ? O_WRONLY : O_RDONLY, 0);
   }
   if (cmd->cwd) posix_spawn_file_actions_addchdir_np(&fa, cmd->cwd);
+  sigset_t forwarded, old;
+  sigemptyset(&forwarded);
+  sigaddset(&forwarded, SIGINT);
+  sigaddset(&forwarded, SIGTERM);
+  sigaddset(&forwarded, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &forwarded, &old);
   int rc = posix_spawn(pid, cmd->file, &fa, &attr, cmd->argv, cmd->envp ? cmd->envp : environ);
+  *slot = rc == 0 ? group_add(*pid, kind) : -1;
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
   return rc;
@@ -296,6 +463,7 @@ typedef struct {
 
 typedef struct {
   pid_t pid;  /* 0 before the spawn */
+  int slot;   /* its entry in `groups`, -1 for none */
   int reaped; /* the child has been waited for */
   int status; /* its wait status once reaped */
   int pidfd;  /* readable when the child exits; -1 when unavailable */
@@ -315,6 +483,7 @@ static void run_release(void **h) {
   *h = NULL;
   if (r->pid > 0 && !r->reaped) {
     kill(-r->pid, SIGKILL);
+    group_remove(&r->slot, r->pid);
     reap(r->pid, &r->status);
     r->reaped = 1;
   }
@@ -446,6 +615,7 @@ static int proc_run(lua_State *L) {
   void **h = mo_newhandle(L, sizeof(void *) + sizeof(run_state), RUN_T);
   run_state *r = (run_state *)(h + 1);
   r->pidfd = r->fds[0] = r->fds[1] = r->fds[2] = -1;
+  r->slot = -1;
   *h = r;
 
   int child[3] = {-1, -1, -1};
@@ -463,7 +633,7 @@ static int proc_run(lua_State *L) {
     child[i] = i == 0 ? p[0] : p[1];
     set_nonblock(r->fds[i]);
   }
-  int rc = spawn_command(&cmd, child, &r->pid);
+  int rc = spawn_command(&cmd, child, &r->pid, MO_PROC_RUN, &r->slot);
   for (int i = 0; i < 3; i++)
     close_fd(&child[i]);
   if (rc != 0) {
@@ -548,6 +718,7 @@ static int proc_run(lua_State *L) {
 
   close_fd(&r->fds[0]);
   if (timed_out) kill(-r->pid, SIGKILL); /* nothing of a timed-out command survives */
+  group_remove(&r->slot, r->pid);
   if (reap(r->pid, &r->status) < 0) {
     int e = errno;
     r->reaped = 1;
@@ -583,9 +754,18 @@ static int proc_run(lua_State *L) {
 
 typedef struct {
   pid_t pid;
+  int slot; /* its entry in `groups`, -1 for none */
   int reaped;
   int status;
 } process;
+
+/* Reap an exited (or killed) process, taking it out of `groups` first. */
+static int process_reap(process *p) {
+  group_remove(&p->slot, p->pid);
+  int rc = reap(p->pid, &p->status);
+  p->reaped = 1;
+  return rc;
+}
 
 static void process_release(void **h) {
   process *p = *h;
@@ -593,8 +773,7 @@ static void process_release(void **h) {
   *h = NULL;
   if (!p->reaped) {
     kill(-p->pid, SIGKILL);
-    reap(p->pid, &p->status);
-    p->reaped = 1;
+    process_reap(p);
   }
 }
 
@@ -639,7 +818,7 @@ static int proc_spawn(lua_State *L) {
     close_fd(&fds[1]);
     return n;
   }
-  int rc = spawn_command(&cmd, fds, &p->pid);
+  int rc = spawn_command(&cmd, fds, &p->pid, MO_PROC_SPAWN, &p->slot);
   if (fds[2] != fds[1]) close_fd(&fds[2]);
   close_fd(&fds[1]);
   if (rc != 0) return spawn_failed(L, "spawn", &cmd, rc);
@@ -672,17 +851,28 @@ static int process_wait(lua_State *L) {
   process *p = check_process(L);
   double timeout = luaL_optnumber(L, 2, -1);
   if (p->reaped) return push_wait_result(L, p);
+  /* Wait without reaping, so that the group stays registered while it runs. */
+  siginfo_t si;
   if (timeout < 0) {
-    if (reap(p->pid, &p->status) < 0) return mo_fail(L, "wait %d: %s", p->pid, strerror(errno));
-    p->reaped = 1;
+    for (;;) {
+      memset(&si, 0, sizeof si);
+      if (waitid(P_PID, (id_t)p->pid, &si, WEXITED | WNOWAIT) == 0) break;
+      if (errno != EINTR) return mo_fail(L, "wait %d: %s", p->pid, strerror(errno));
+    }
+    if (process_reap(p) < 0) return mo_fail(L, "wait %d: %s", p->pid, strerror(errno));
     return push_wait_result(L, p);
   }
   double deadline = now_clock(CLOCK_MONOTONIC) + timeout;
   int pidfd = pidfd_open_compat(p->pid);
   for (;;) {
-    pid_t w = waitpid(p->pid, &p->status, WNOHANG);
-    if (w == p->pid) {
-      p->reaped = 1;
+    memset(&si, 0, sizeof si);
+    int w = waitid(P_PID, (id_t)p->pid, &si, WEXITED | WNOHANG | WNOWAIT);
+    if (w == 0 && si.si_pid == p->pid) {
+      if (process_reap(p) < 0) {
+        int e = errno;
+        if (pidfd >= 0) close(pidfd);
+        return mo_fail(L, "wait %d: %s", p->pid, strerror(e));
+      }
       break;
     }
     if (w < 0 && errno != EINTR) {
@@ -768,6 +958,20 @@ static int proc_kill(lua_State *L) {
   return 1;
 }
 
+/*
+ * proc.terminate_all([grace]) -> n: SIGTERM to every command that proc.run is
+ * running in this process (any thread; not the background processes of
+ * proc.spawn), SIGKILL to what is left of them after grace seconds (default 2);
+ * n is how many commands were running. Their callers see them killed by TERM
+ * (or KILL).
+ */
+static int proc_terminate_all(lua_State *L) {
+  double grace = luaL_optnumber(L, 1, 2);
+  luaL_argcheck(L, grace >= 0 && grace <= 86400, 1, "grace must be 0..86400 seconds");
+  lua_pushinteger(L, mo_proc_terminate_all((int)ceil(grace * 1000), MO_PROC_RUN));
+  return 1;
+}
+
 /* proc.alive(pid) -> boolean (a zombie waiting to be reaped counts as dead) */
 static int proc_alive(lua_State *L) {
   lua_Integer pid = luaL_checkinteger(L, 1);
@@ -827,6 +1031,7 @@ int luaopen_moonops_proc(lua_State *L) {
       {"time", proc_time},
       {"monotonic", proc_monotonic},
       {"kill", proc_kill},
+      {"terminate_all", proc_terminate_all},
       {"alive", proc_alive},
       {"environ", proc_environ},
       {"hostname", proc_hostname},

@@ -4,7 +4,8 @@
 -- (one Lua state per worker thread) and a background thread running
 -- M.worker (the deploy queue), then waits for signals:
 --   TERM/INT  stop accepting, drain in-flight requests, let a running deployment
---             finish for up to `grace` seconds (else record it INTERRUPTED), return 0
+--             finish for up to `grace` seconds (else record it INTERRUPTED and stop
+--             its commands: TERM, then KILL after STOP_SECONDS), return 0
 --   HUP       reload moonops.yml; a broken file keeps the old settings
 local db_mod = require "moonops.db"
 local deploy = require "moonops.deploy"
@@ -24,6 +25,9 @@ M.POLL_SECONDS = 5
 -- deliveries of a burst of pushes (or a push storm) coalesce into one more deployment
 -- instead of a deployment each. The first deployment after a quiet time starts at once.
 M.SETTLE_SECONDS = 0.5
+-- When a deployment outlives the grace period, its running command (a hook, an image
+-- build) gets SIGTERM, and SIGKILL this many seconds later if it is still there.
+M.STOP_SECONDS = 2
 
 local function absolute(path)
   if path:sub(1, 1) == "/" then return path end
@@ -139,11 +143,32 @@ end
 -- ---------------------------------------------------------------------------
 -- The main loop
 
+local INTERRUPTED = "interrupted: moonops serve stopped before it finished"
+
 local function interrupt_running(db)
-  local n = db:exec([[UPDATE deployments SET status = 'INTERRUPTED', finished_at = ?, error = ?
-    WHERE status = 'RUNNING' AND pid = ?]], db_mod.now(), "interrupted: moonops serve stopped before it finished",
-    proc.pid())
-  return n or 0
+  local ids = {}
+  for _, r in ipairs(db:rows("SELECT id FROM deployments WHERE status = 'RUNNING' AND pid = ?", proc.pid()) or {}) do
+    ids[#ids + 1] = r.id
+  end
+  db:exec([[UPDATE deployments SET status = 'INTERRUPTED', finished_at = ?, error = ?
+    WHERE status = 'RUNNING' AND pid = ?]], db_mod.now(), INTERRUPTED, proc.pid())
+  return ids
+end
+
+-- The deployment still running after the grace period is left behind by the process:
+-- stop its commands so that none outlives it. The deploy worker then sees its hook
+-- killed and records an ERROR; once it has returned (or STOP_SECONDS more have passed)
+-- such deployments are recorded INTERRUPTED again (one that went live stays COMPLETE).
+local function stop_commands(srv, db, ids)
+  local n = proc.terminate_all(M.STOP_SECONDS)
+  if n == 0 then return end
+  log.warn("stopped " .. n .. " running command(s) of the deploy worker (hooks, image builds)")
+  local deadline = proc.monotonic() + M.STOP_SECONDS
+  while srv:info().background == "running" and proc.monotonic() < deadline do proc.sleep(0.05) end
+  for _, id in ipairs(ids) do
+    db:exec("UPDATE deployments SET status = 'INTERRUPTED', error = ? WHERE id = ? AND status = 'ERROR'",
+      INTERRUPTED, id)
+  end
 end
 
 local function run_due_schedules(settings, from, to, children)
@@ -222,8 +247,9 @@ function M.run(settings, opts)
   end
   local finished, why = srv:stop({ drain = M.DRAIN_SECONDS, grace = opts.grace or 30 })
   if not finished then
-    local n = interrupt_running(db)
-    log.warn(tostring(why) .. "; " .. n .. " running deployment(s) recorded INTERRUPTED")
+    local ids = interrupt_running(db)
+    log.warn(tostring(why) .. "; " .. #ids .. " running deployment(s) recorded INTERRUPTED")
+    stop_commands(srv, db, ids)
   end
   srv:close()
   log.info("stopped")

@@ -136,4 +136,72 @@ describe("deploy over git daemon", function()
     local ws = s.dir .. "/data/workspaces/ws"
     assert.are.equal("releases/" .. first.release, (T.sh("readlink " .. T.q(ws .. "/current")):gsub("%s+$", "")))
   end)
+
+  -- A hook that writes its pid and the pid of a child that ignores INT and TERM, then
+  -- waits: `moonops deploy` is stopped with a signal while it runs.
+  local function deploy_with_stalling_hook()
+    local pids = T.tmpdir()
+    T.write(s.src .. "/hooks/stall.sh", table.concat({
+      "#!/bin/sh",
+      "echo $$ > " .. pids .. "/hook.tmp && mv " .. pids .. "/hook.tmp " .. pids .. "/hook",
+      "(trap '' INT TERM; exec sleep 60) &",
+      "echo $! > " .. pids .. "/child.tmp && mv " .. pids .. "/child.tmp " .. pids .. "/child",
+      "wait",
+      "",
+    }, "\n"))
+    os.execute("chmod +x " .. T.q(s.src .. "/hooks/stall.sh"))
+    s.push("hooks/stall.sh", T.read(s.src .. "/hooks/stall.sh"))
+    T.write(s.dir .. "/moonops.yml", table.concat({
+      "data_dir: data",
+      "workspaces:",
+      "  - id: 2d0c5e6a-8d43-4b8e-9a0f-7b1b7d1e5f10",
+      "    name: ws",
+      "    repository: " .. s.server.url("ws.git"),
+      "    on_deploy:",
+      "      - [./hooks/stall.sh]",
+      "",
+    }, "\n"))
+    local proc = require "moonops.proc"
+    local p = assert(proc.spawn {
+      argv = { T.bin, "deploy", "ws" },
+      cwd = s.dir,
+      env = { HOME = s.root, GIT_CONFIG_NOSYSTEM = "1" },
+      stdout = pids .. "/out",
+      stderr = pids .. "/out",
+    })
+    local list = T.wait_for(function()
+      local hook, child = T.read(pids .. "/hook"), T.read(pids .. "/child")
+      if hook and child then return { tonumber(hook), tonumber(child) } end
+    end, 30)
+    assert(list, "the hook did not start: " .. (T.read(pids .. "/out") or ""))
+    return p, list
+  end
+
+  for _, case in ipairs({ { "INT", 130 }, { "TERM", 143 } }) do
+    local sig, code = case[1], case[2]
+    it("stops the running hook and its children on SIG" .. sig .. " and records the deployment INTERRUPTED", function()
+      local proc = require "moonops.proc"
+      local p, pids = deploy_with_stalling_hook()
+      finally(function()
+        for _, pid in ipairs(pids) do proc.kill(pid, "KILL") end
+        p:close()
+      end)
+      assert.is_true(p:kill(sig)) -- moonops's process group, as Ctrl-C or `kill` would
+      local got, name = p:wait(20)
+      assert.are.equal(code, got)
+      assert.are.equal(sig, name)
+      assert.truthy(T.wait_for(function()
+        return not proc.alive(pids[1]) and not proc.alive(pids[2])
+      end, 5), "the hook outlived moonops deploy")
+      local r = s.run({ "deploy", "ws", "--list", "--json" })
+      assert.are.equal(0, r.code, r.stderr)
+      local rows = json.decode(r.stdout)
+      assert.are.equal("INTERRUPTED", rows[1].status)
+      assert.matches("interrupted", rows[1].error)
+      -- the workspace is free again and its interrupted release is gone
+      local ws = s.dir .. "/data/workspaces/ws"
+      assert.is_nil(T.read(ws .. "/current"))
+      assert.are.equal("", T.sh("ls " .. T.q(ws .. "/releases")))
+    end)
+  end
 end)

@@ -72,6 +72,8 @@ describe("an installed moonops", function()
     assert.truthy(unit:find("\nExecStart=" .. prefix .. "/bin/moonops serve\n", 1, true), unit)
     assert.truthy(unit:find("\nExecReload=/bin/kill -HUP $MAINPID\n", 1, true), unit)
     assert.truthy(unit:find("\nUser=moonops\n", 1, true), unit)
+    -- SIGTERM reaches the server alone, so its grace period for a running hook holds.
+    assert.truthy(unit:find("\nKillMode=mixed\n", 1, true), unit)
     -- The man page renders without a warning.
     local out, ok = T.sh("groff -man -Tutf8 -ww -z " .. T.q(prefix .. "/share/man/man1/moonops.1") .. " 2>&1")
     assert.is_true(ok)

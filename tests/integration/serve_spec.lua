@@ -17,7 +17,8 @@ local git, MELTANO = support.git, support.MELTANO
 
 
 --- A workspace repository on git daemon, a moonops.yml and a running `moonops serve`.
--- opts: {server_yaml = extra lines under server:, hook_sleep = seconds, grace = seconds}
+-- opts: {server_yaml = extra lines under server:, hook_sleep = seconds, hook = the hook script's text
+-- (instead of sleeping hook_sleep seconds), grace = seconds}
 local function setup(opts)
   opts = opts or {}
   local root = T.tmpdir()
@@ -27,7 +28,7 @@ local function setup(opts)
   s.git = gitserve.daemon(s.repos)
   git(root, "init -q -b main " .. T.q(s.src))
   T.write(s.src .. "/meltano.yml", MELTANO)
-  T.write(s.src .. "/hooks/wait.sh", "#!/bin/sh\nsleep " .. (opts.hook_sleep or 0) .. "\n")
+  T.write(s.src .. "/hooks/wait.sh", opts.hook or ("#!/bin/sh\nsleep " .. (opts.hook_sleep or 0) .. "\n"))
   os.execute("chmod +x " .. T.q(s.src .. "/hooks/wait.sh"))
   git(s.src, "add -A")
   git(s.src, "commit -q -m initial")
@@ -434,18 +435,40 @@ time.sleep(30)
     assert.equal("COMPLETE", done.status)
   end)
 
-  it("records a deployment that outlives the grace period as INTERRUPTED", function()
-    s = setup({ hook_sleep = 20, grace = 1 })
+  it("records a deployment that outlives the grace period as INTERRUPTED and stops its hook", function()
+    -- the hook writes its pid and the pid of a child that ignores TERM, then waits
+    local pids = T.tmpdir()
+    s = setup({ grace = 1, hook = table.concat({
+      "#!/bin/sh",
+      "echo $$ > " .. pids .. "/hook.tmp && mv " .. pids .. "/hook.tmp " .. pids .. "/hook",
+      "(trap '' TERM; exec sleep 60) &",
+      "echo $! > " .. pids .. "/child.tmp && mv " .. pids .. "/child.tmp " .. pids .. "/child",
+      "wait",
+      "",
+    }, "\n") })
+    local hook, child
+    finally(function()
+      for _, pid in ipairs({ hook, child }) do os.execute("kill -KILL " .. pid .. " 2>/dev/null") end
+    end)
     s.start()
     local a = push_payload("refs/heads/main", string.rep("3", 40))
     local _, dep = request(s, { method = "POST", path = hook_path(), body = a, headers = signed(a) })
     assert.truthy(wait_deployment(s, dep.id, { RUNNING = true }))
+    assert.truthy(T.wait_for(function()
+      hook, child = tonumber(T.read(pids .. "/hook") or ""), tonumber(T.read(pids .. "/child") or "")
+      return hook and child
+    end, 20))
     local out = T.sh("kill -TERM " .. s.pid .. "; for i in $(seq 100); do kill -0 " .. s.pid
       .. " 2>/dev/null || break; sleep 0.1; done; kill -0 " .. s.pid .. " 2>/dev/null && echo alive || echo gone")
     assert.equal("gone\n", out)
     s.pid = nil
+    -- nothing of the hook outlives the server: TERM, then KILL for the child that ignores it
+    assert.truthy(T.wait_for(function() return not T.alive(hook) and not T.alive(child) end, 5),
+      "the hook outlived moonops serve")
+    assert.matches("stopped 1 running command", T.read(s.log))
     s.start()
     local done = wait_deployment(s, dep.id, { INTERRUPTED = true, COMPLETE = true, ERROR = true })
     assert.equal("INTERRUPTED", done.status)
+    assert.matches("moonops serve stopped before it finished", done.error)
   end)
 end)

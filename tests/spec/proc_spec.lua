@@ -228,6 +228,112 @@ describe("moonops.proc", function()
     end)
   end)
 
+  describe("when moonops itself is stopped", function()
+    -- A script for `moonops lua -e`: a background process (proc.spawn), then a command
+    -- (proc.run) whose shell starts a grandchild that ignores INT and TERM. Each writes
+    -- its pid into dir. Only SIGKILL stops that grandchild.
+    local function script(dir)
+      return string.format([[
+local proc = require "moonops.proc"
+local bg = assert(proc.spawn { argv = { "sleep", "60" } })
+local f = assert(io.open(%q, "w")); f:write(bg:pid()); f:close()
+proc.run { argv = { "sh", "-c", %q } }
+]], dir .. "/spawned", "echo $$ > " .. dir .. "/hook.tmp; mv " .. dir .. "/hook.tmp " .. dir .. "/hook; "
+        .. "(trap '' INT TERM; exec sleep 60) & echo $! > " .. dir .. "/child.tmp; mv " .. dir .. "/child.tmp "
+        .. dir .. "/child; wait")
+    end
+
+    -- Start the script in its own moonops process (default signal handling, as at a
+    -- terminal) and wait until all three pids are written.
+    local function start(dir)
+      local p = assert(proc.spawn { argv = { T.bin, "lua", "-e", script(dir) }, stderr = dir .. "/stderr" })
+      local pids = T.wait_for(function()
+        local spawned, hook, child = T.read(dir .. "/spawned"), T.read(dir .. "/hook"), T.read(dir .. "/child")
+        if spawned and hook and child then return { tonumber(spawned), tonumber(hook), tonumber(child) } end
+      end, 20)
+      assert(pids, "the script did not start its commands: " .. (T.read(dir .. "/stderr") or ""))
+      return p, pids
+    end
+
+    local function all_gone(pids)
+      return T.wait_for(function()
+        for _, pid in ipairs(pids) do
+          if proc.alive(pid) then return false end
+        end
+        return true
+      end, 5)
+    end
+
+    for _, case in ipairs({ { "INT", 130 }, { "TERM", 143 }, { "HUP", 129 } }) do
+      local sig, code = case[1], case[2]
+      it("forwards SIG" .. sig .. " to its commands and their children, then exits " .. code, function()
+        local dir = T.tmpdir()
+        local p, pids = start(dir)
+        finally(function()
+          for _, pid in ipairs(pids) do proc.kill(pid, "KILL") end
+          p:close()
+        end)
+        local t0 = proc.monotonic()
+        assert.is_true(p:kill(sig)) -- the whole group, as Ctrl-C at a terminal does
+        local got, name = p:wait(20)
+        assert.equal(code, got)
+        assert.equal(sig, name)
+        assert.is_true(all_gone(pids), "a command outlived moonops")
+        assert.is_true(proc.monotonic() - t0 < 10)
+      end)
+    end
+
+    it("still exits at once on a signal when no command is running", function()
+      local p = assert(proc.spawn { argv = { T.bin, "lua", "-e", "require('moonops.proc').sleep(30)" } })
+      finally(function() p:close() end)
+      proc.sleep(0.3)
+      local t0 = proc.monotonic()
+      p:kill("INT")
+      assert.equal(130, (p:wait(10)))
+      assert.is_true(proc.monotonic() - t0 < 2)
+    end)
+
+    it("keeps a signal ignored that it was started ignoring (nohup)", function()
+      local dir = T.tmpdir()
+      local p = assert(proc.spawn { argv = { "sh", "-c", "trap '' HUP; exec " .. T.q(T.bin)
+        .. " lua -e \"require('moonops.proc').sleep(1.5) io.open('" .. dir .. "/done', 'w'):close()\"" } })
+      finally(function() p:close() end)
+      proc.sleep(0.3)
+      p:kill("HUP")
+      assert.equal(0, (p:wait(10)))
+      assert.truthy(T.read(dir .. "/done"))
+    end)
+  end)
+
+  describe("terminate_all", function()
+    it("stops every running command: TERM, then KILL after the grace period", function()
+      local n, child
+      local t0 = proc.monotonic()
+      local r = assert(proc.run {
+        argv = { "sh", "-c", "(trap '' TERM; exec sleep 60) & echo $!; wait" },
+        on_output = function(_, chunk)
+          child = child or tonumber(chunk:match("%d+"))
+          if child and not n then n = proc.terminate_all(0.5) end
+        end,
+        timeout = 30,
+      })
+      finally(function() if child then proc.kill(child, "KILL") end end)
+      assert.equal(1, n)
+      assert.equal("TERM", r.signal)
+      assert.is_false(r.timed_out)
+      assert.truthy(T.wait_for(function() return not proc.alive(child) end, 5))
+      assert.is_true(proc.monotonic() - t0 < 10)
+    end)
+
+    it("leaves background processes from spawn alone and returns 0 when nothing runs", function()
+      local p = assert(proc.spawn { argv = { "sleep", "30" } })
+      finally(function() p:close() end)
+      assert.equal(0, proc.terminate_all(0.1))
+      assert.is_true(proc.alive(p:pid()))
+      assert.has_error(function() proc.terminate_all(-1) end)
+    end)
+  end)
+
   describe("small things", function()
     it("which finds programs on PATH", function()
       assert.equal("/", proc.which("sh"):sub(1, 1))
