@@ -94,7 +94,7 @@ function M.start(mode, opts)
   local auth = ""
   if mode == "basic" then
     assert(self.user and self.password, "basic mode needs user and password")
-    local line, ok = T.sh(string.format("htpasswd -Bbn %s %s", T.q(self.user), T.q(self.password)))
+    local line, ok = T.sh(string.format("printf '%%s\\n' %s | htpasswd -iBn %s", T.q(self.password), T.q(self.user)))
     assert(ok, "htpasswd failed (package apache2-utils)")
     T.write(dir .. "/htpasswd", line)
     auth = string.format("auth: {htpasswd: {realm: moonops-test, path: %s}}\n", dir .. "/htpasswd")
