@@ -649,8 +649,14 @@ local function execute(settings, db, ws, row, opts)
   if staged then fs.remove_tree(staged) end
   if release then remove_release(paths, release) end
   j.add("error: " .. message)
-  exec(db, "UPDATE deployments SET status = 'ERROR', finished_at = ?, error = ?, log = ? WHERE id = ?", now(), message,
-    j.text(), row.id)
+  local changed = exec(db, [[UPDATE deployments SET status = 'ERROR', finished_at = ?, error = ?, log = ?
+    WHERE id = ? AND status = 'RUNNING']], now(), message, j.text(), row.id)
+  if changed == 0 then
+    -- Already recorded INTERRUPTED (serve stopped past its grace period and killed the
+    -- hook): keep that, with the log; it is not a failure to report.
+    exec(db, "UPDATE deployments SET log = ? WHERE id = ?", j.text(), row.id)
+    return get(db, row.id)
+  end
   local failed = get(db, row.id)
   plugins.run_deploy_hooks("on_failure", M.to_json(failed), { settings = settings, ws = ws })
   plugins.emit("deployment", M.to_json(failed))
