@@ -17,7 +17,7 @@ endif
 DEB_PACKAGES := build-essential cmake pkg-config git \
   liblua5.4-dev lua5.4 libyaml-dev libcurl4-openssl-dev libgit2-dev zlib1g-dev libssl-dev \
   libmicrohttpd-dev libsqlite3-dev lua-cjson lua-busted lua-check \
-  docker-registry buildah skopeo umoci wrk webhook lighttpd apache2-utils cron \
+  docker-registry buildah skopeo umoci wrk webhook lighttpd apache2-utils openssh-server openssh-client cron \
   busybox-static python3 python3-yaml openssl clang curl procps valgrind linux-perf
 
 .PHONY: all deps build test demo bench install uninstall clean fuzz format

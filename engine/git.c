@@ -10,7 +10,9 @@
 #include <fcntl.h>
 #include <dirent.h>
 #include <fnmatch.h>
+#include <limits.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,6 +178,12 @@ typedef struct {
   int progress; /* stack index of a Lua function, or 0 */
   const char *username, *token, *ssh_key, *ssh_pubkey, *ssh_passphrase;
   int attempts;
+  int ssh_offered;                 /* ssh keys (or the agent) offered so far */
+  char ssh_user[128];              /* the user they were offered for */
+  char ssh_current[PATH_MAX + 16]; /* "ssh key <path>" or "the ssh agent" last offered, or "" */
+  char ssh_tried[1024];            /* what was rejected before it, "; "-separated */
+  char url[1024];                  /* the remote's URL, for messages about its host */
+  int ssh_failed;                  /* an ssh key could not be used (unreadable, wrong passphrase) */
   int moved;
   int has_expect;
   struct wire_push *wire; /* a push over the network done here, or NULL */
@@ -251,11 +259,162 @@ static int on_sideband(const char *str, int len, void *payload) {
   return 0;
 }
 
+/* ---- ssh credentials ----
+ *
+ * libgit2 asks again each time the server refuses what it was given. Offered in turn, each
+ * once, at most MAX_AUTH_ATTEMPTS in all: the key file given; else the agent (when
+ * $SSH_AUTH_SOCK names a socket), then the default keys ~/.ssh/id_ed25519, id_ecdsa and
+ * id_rsa that exist, as ssh does. "~" is $HOME, read at each connection as libgit2 1.5 reads
+ * ~/.ssh/known_hosts (its ~/.gitconfig comes from $HOME as it was at initialisation). An
+ * OpenSSH server counts every refusal (and libgit2 asks it for the methods again after each
+ * one), so its default MaxAuthTries of 6 also ends the conversation after three keys.
+ */
+
+enum { SSH_NONE, SSH_KEY_FILE, SSH_AGENT };
+
+/* Format into `buf` from its current end; a message too long is cut short. */
+__attribute__((format(printf, 3, 4))) static void append(char *buf, size_t size, const char *fmt,
+                                                         ...) {
+  size_t have = strnlen(buf, size);
+  if (have + 1 >= size) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf + have, size - have, fmt, ap);
+  va_end(ap);
+}
+
+static const char *const default_ssh_keys[] = {"id_ed25519", "id_ecdsa", "id_rsa"};
+
+/* The directory holding .ssh: $HOME, or NULL when it is not set. */
+static const char *ssh_home(void) {
+  const char *home = getenv("HOME");
+  return home && *home ? home : NULL;
+}
+
+/* The index-th ssh credential to offer (a key file into `path`, or the agent). */
+static int ssh_source(const netctx *n, int index, char *path, size_t size) {
+  if (n->ssh_key) {
+    if (index > 0) return SSH_NONE;
+    snprintf(path, size, "%s", n->ssh_key);
+    return SSH_KEY_FILE;
+  }
+  const char *sock = getenv("SSH_AUTH_SOCK");
+  struct stat st;
+  if (sock && *sock && stat(sock, &st) == 0 && S_ISSOCK(st.st_mode)) {
+    if (index == 0) return SSH_AGENT;
+    index--;
+  }
+  const char *home = ssh_home();
+  if (!home) return SSH_NONE;
+  for (size_t i = 0; i < sizeof default_ssh_keys / sizeof *default_ssh_keys; i++) {
+    if (snprintf(path, size, "%s/.ssh/%s", home, default_ssh_keys[i]) >= (int)size) continue;
+    if (access(path, R_OK) == 0 && index-- == 0) return SSH_KEY_FILE;
+  }
+  return SSH_NONE;
+}
+
+/*
+ * Whether the private key file at `path` holds an RSA key: PEM, or OpenSSH's format, whose
+ * public part comes first and unencrypted ("openssh-key-v1", cipher, kdf and its options, the
+ * key count, then the public key, which starts with its type).
+ */
+static int is_rsa_key(const char *path) {
+  char text[4096];
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  size_t len = fread(text, 1, sizeof text - 1, f);
+  fclose(f);
+  text[len] = '\0';
+  if (strstr(text, "BEGIN RSA PRIVATE KEY")) return 1;
+  const char *b = strstr(text, "BEGIN OPENSSH PRIVATE KEY-----");
+  if (!b) return 0;
+  unsigned char b64[200], raw[160];
+  size_t n = 0;
+  for (b += 30; *b && n < sizeof b64; b++)
+    if (*b != '\n' && *b != '\r') b64[n++] = (unsigned char)*b;
+  int got = EVP_DecodeBlock(raw, b64, (int)(n - n % 4));
+  return got > 0 && memmem(raw, (size_t)got, "\0\0\0\7ssh-rsa", 11) != NULL;
+}
+
+/* Move what was offered last to the list of refused ssh credentials. */
+static void ssh_note_rejected(netctx *n) {
+  if (n->ssh_current[0] == '\0') return;
+  const char *rejected =
+      strncmp(n->ssh_current, "the ssh agent", 13) == 0 ? " offered no accepted key"
+      : is_rsa_key(n->ssh_current + 8)
+          ? " rejected (an RSA key: libssh2 before 1.11 signs with SHA-1, which OpenSSH 8.8 and "
+            "later refuse; use an ed25519 or ECDSA key)"
+          : " rejected";
+  append(n->ssh_tried, sizeof n->ssh_tried, "%s%s%s", n->ssh_tried[0] ? "; " : "", n->ssh_current,
+         rejected);
+  n->ssh_current[0] = '\0';
+}
+
+/* n->failure for ssh authentication that ran out of credentials to offer. */
+static void ssh_fail(netctx *n) {
+  ssh_note_rejected(n);
+  if (n->ssh_tried[0]) {
+    n->failure[0] = '\0';
+    append(n->failure, sizeof n->failure, "ssh authentication as %s failed: %s", n->ssh_user,
+           n->ssh_tried);
+    return;
+  }
+  const char *home = ssh_home() ? ssh_home() : "~";
+  const char *sock = getenv("SSH_AUTH_SOCK");
+  n->failure[0] = '\0';
+  append(n->failure, sizeof n->failure,
+         "ssh authentication as %s failed: no ssh key: set ssh_key_file or start ssh-agent (no "
+         "id_ed25519, id_ecdsa or id_rsa in %s/.ssh, $SSH_AUTH_SOCK %s)",
+         n->ssh_user, home, sock && *sock ? "is not a socket" : "not set");
+}
+
+static int ssh_credentials(git_credential **out, netctx *n, const char *user) {
+  snprintf(n->ssh_user, sizeof n->ssh_user, "%s", user ? user : "git");
+  ssh_note_rejected(n); /* asked again: what was offered last was refused */
+  char path[PATH_MAX];
+  int kind = SSH_NONE;
+  if (n->ssh_offered < MAX_AUTH_ATTEMPTS) kind = ssh_source(n, n->ssh_offered, path, sizeof path);
+  if (kind == SSH_NONE) {
+    ssh_fail(n);
+    return GIT_EAUTH;
+  }
+  n->ssh_offered++;
+  if (kind == SSH_AGENT) {
+    snprintf(n->ssh_current, sizeof n->ssh_current, "the ssh agent");
+    return git_credential_ssh_key_from_agent(out, n->ssh_user);
+  }
+  if (access(path, R_OK) != 0) {
+    n->failure[0] = '\0';
+    append(n->failure, sizeof n->failure, "ssh key %s: %s", path, strerror(errno));
+    return GIT_EAUTH;
+  }
+  n->ssh_current[0] = '\0';
+  append(n->ssh_current, sizeof n->ssh_current, "ssh key %s", path);
+  return git_credential_ssh_key_new(out, n->ssh_user, n->ssh_key ? n->ssh_pubkey : NULL, path,
+                                    n->ssh_passphrase);
+}
+
+/* The user ssh logs in as when the URL names none: the local one, as ssh does. */
+static const char *local_user(char *buf, size_t size) {
+  struct passwd pw, *found = NULL;
+  char tmp[4096];
+  if (getpwuid_r(getuid(), &pw, tmp, sizeof tmp, &found) != 0 || found == NULL) return NULL;
+  snprintf(buf, size, "%s", found->pw_name);
+  return buf;
+}
+
 static int on_credentials(git_credential **out, const char *url, const char *user_from_url,
                           unsigned int allowed, void *payload) {
   netctx *n = payload;
   char safe[512];
   redact(url, safe, sizeof safe);
+  if (allowed & GIT_CREDENTIAL_SSH_KEY) return ssh_credentials(out, n, user_from_url);
+  /* ssh asks for the user first when the URL names none */
+  if (allowed == GIT_CREDENTIAL_USERNAME) {
+    char me[128];
+    const char *user = n->username ? n->username : local_user(me, sizeof me);
+    if (user) return git_credential_username_new(out, user);
+  }
   if (++n->attempts > MAX_AUTH_ATTEMPTS) {
     snprintf(n->failure, sizeof n->failure,
              "authentication failed for %s after %d attempts (credentials rejected)", safe,
@@ -265,12 +424,6 @@ static int on_credentials(git_credential **out, const char *url, const char *use
   const char *user = n->username ? n->username : user_from_url;
   if ((allowed & GIT_CREDENTIAL_USERPASS_PLAINTEXT) && n->token)
     return git_credential_userpass_plaintext_new(out, user ? user : "x-access-token", n->token);
-  if (allowed & GIT_CREDENTIAL_SSH_KEY) {
-    if (n->ssh_key)
-      return git_credential_ssh_key_new(out, user ? user : "git", n->ssh_pubkey, n->ssh_key,
-                                        n->ssh_passphrase);
-    return git_credential_ssh_key_from_agent(out, user ? user : "git");
-  }
   if ((allowed & GIT_CREDENTIAL_USERNAME) && user) return git_credential_username_new(out, user);
   snprintf(n->failure, sizeof n->failure,
            "authentication required for %s and no credentials given (pass a token or set "
@@ -351,16 +504,118 @@ static void netctx_callbacks(netctx *n, git_remote_callbacks *cb) {
   cb->payload = n;
 }
 
+/* Remember the remote's URL for messages about its host (the remote may be gone by then). */
+static void netctx_url(netctx *n, const char *url) {
+  snprintf(n->url, sizeof n->url, "%s", url ? url : "");
+}
+
+/*
+ * The host and port of an ssh URL (ssh://[user@]host[:port]/path, also ssh+git:// and
+ * git+ssh://, or scp-like [user@]host:path) as known_hosts names them: "host" or
+ * "[host]:port"; 0 when `url` is not one.
+ */
+static int ssh_host(const char *url, char *host, size_t size, long *port) {
+  const char *p = strstr(url, "://");
+  *port = 22;
+  if (p) {
+    size_t scheme = (size_t)(p - url);
+    if (!(scheme == 3 && strncmp(url, "ssh", 3) == 0) &&
+        !(scheme == 7 && strncmp(url, "ssh+git", 7) == 0) &&
+        !(scheme == 7 && strncmp(url, "git+ssh", 7) == 0))
+      return 0;
+    p += 3;
+  } else {
+    const char *colon = strchr(url, ':'), *slash = strchr(url, '/');
+    if (!colon || (slash && slash < colon) || colon == url) return 0;
+    p = url;
+  }
+  const char *end = p + strcspn(p, "/");
+  const char *at = memchr(p, '@', (size_t)(end - p));
+  if (at) p = at + 1;
+  const char *h = p, *hend;
+  if (*p == '[') {
+    h = p + 1;
+    hend = memchr(h, ']', (size_t)(end - h));
+    if (!hend) return 0;
+    p = hend + 1;
+  } else {
+    hend = p + strcspn(p, ":/");
+    p = hend;
+  }
+  if (strstr(url, "://") && *p == ':' && p[1] >= '0' && p[1] <= '9')
+    *port = strtol(p + 1, NULL, 10);
+  if (*port == 22)
+    snprintf(host, size, "%.*s", (int)(hend - h), h);
+  else
+    snprintf(host, size, "[%.*s]:%ld", (int)(hend - h), h, *port);
+  return hend > h;
+}
+
+/* n->failure for what libgit2 reports in ssh terms that a user of ssh would not recognise. */
+static void explain_ssh(netctx *n, int rc) {
+  const git_error *e = git_error_last();
+  const char *msg = e && e->message ? e->message : "";
+  char host[300];
+  long port;
+  if (n->failure[0]) return;
+  if (rc == GIT_ECERTIFICATE && ssh_host(n->url, host, sizeof host, &port)) {
+    const char *home = ssh_home() ? ssh_home() : "~";
+    char bare[300];
+    snprintf(bare, sizeof bare, "%s", host[0] == '[' ? host + 1 : host);
+    bare[strcspn(bare, "]")] = '\0';
+    char hint[64] = "";
+    if (port != 22) snprintf(hint, sizeof hint, "-p %ld ", port);
+    append(n->failure, sizeof n->failure,
+           "ssh host key of %s is unknown or has changed (checked against %s/.ssh/known_hosts): "
+           "verify the host's key, then add it to that file (ssh-keyscan %s%s prints it)",
+           host, home, hint, bare);
+    return;
+  }
+  if (strncmp(msg, "error loading known_hosts", 25) == 0 && !ssh_home()) {
+    append(n->failure, sizeof n->failure,
+           "$HOME is not set: ssh needs it to find ~/.ssh/known_hosts (and the default keys)");
+    return;
+  }
+  if (n->ssh_current[0] == '\0') return;
+  if (rc == GIT_EAUTH) { /* refused, and the server stopped listening before we were asked again */
+    ssh_fail(n);
+    return;
+  }
+  static const char *const prefixes[] = {"Failed to authenticate SSH session: ",
+                                         "error authenticating: "};
+  for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++) {
+    size_t len = strlen(prefixes[i]);
+    if (strncmp(msg, prefixes[i], len) == 0) {
+      append(n->failure, sizeof n->failure,
+             "ssh authentication as %s failed: %s could not be used (%s)", n->ssh_user,
+             n->ssh_current, msg + len);
+      n->ssh_failed = 1;
+      return;
+    }
+  }
+}
+
+/* Replace every occurrence of `secret` in the message below the code on the stack. */
+static void mask_message(lua_State *L, const char *secret) {
+  const char *msg = lua_tostring(L, -2);
+  if (!msg || !secret || strlen(secret) < 4 || !strstr(msg, secret)) return;
+  luaL_gsub(L, msg, secret, "***");
+  lua_replace(L, -3);
+}
+
 /* Fail a network operation: our callback's reason wins over libgit2's message. */
 static int fail_net(lua_State *L, int rc, netctx *n, const char *op, const char *target) {
   char safe[512];
   redact(target, safe, sizeof safe);
+  explain_ssh(n, rc);
   const char *code = NULL;
   if (n->moved)
     code = "EMOVED";
-  else if (rc == GIT_EAUTH || (n->attempts > MAX_AUTH_ATTEMPTS))
+  else if (rc == GIT_EAUTH || n->attempts > MAX_AUTH_ATTEMPTS || n->ssh_failed)
     code = "EAUTH";
-  return fail_with(L, rc, n->token, n->failure, code, "%s %s", op, safe);
+  int nret = fail_with(L, rc, n->token, n->failure, code, "%s %s", op, safe);
+  mask_message(L, n->ssh_passphrase);
+  return nret;
 }
 
 /* Build a git_strarray over a Lua list of strings at `idx` (0 or nil: empty). */
@@ -559,6 +814,7 @@ static int git_clone_(lua_State *L) {
     co.checkout_branch = mo_optfield_string(L, opts, "branch", NULL);
   }
   netctx_callbacks(&n, &co.fetch_opts.callbacks);
+  netctx_url(&n, url);
   git_repository **h = (git_repository **)mo_newhandle(L, sizeof *h, REPO_MT);
   int rc = git_clone(h, url, path, &co);
   if (rc < 0) {
@@ -984,6 +1240,7 @@ static int repo_fetch(lua_State *L) {
   int rc = open_remote(&remote, repo, name, &named);
   if (rc < 0) return fail_git(L, rc, "fetch %s", name);
   if (named && specs.count == 0) configured_refspecs(L, repo, name, &specs);
+  netctx_url(&n, git_remote_url(remote));
   if (share_local) share_local_objects(repo, git_remote_url(remote));
   rc = git_remote_fetch(remote, specs.count ? &specs : NULL, &fo, NULL);
   git_remote_free(remote);
@@ -1006,6 +1263,7 @@ static int repo_ls_remote(lua_State *L) {
   int named;
   int rc = open_remote(&remote, repo, name, &named);
   if (rc < 0) return fail_git(L, rc, "list %s", name);
+  netctx_url(&n, git_remote_url(remote));
   const git_remote_head **heads = NULL;
   size_t count = 0;
   rc = git_remote_connect(remote, GIT_DIRECTION_FETCH, &cb, NULL, NULL);
@@ -2533,6 +2791,7 @@ static int repo_push(lua_State *L) {
   if (rc < 0) return fail_git(L, rc, "push %s", name);
   const char *url =
       git_remote_pushurl(remote) ? git_remote_pushurl(remote) : git_remote_url(remote);
+  netctx_url(&n, url);
   const char *path = direct && specs.count == 1 ? local_repository_path(url) : NULL;
   int wire = !direct || specs.count != 1                                           ? 0
              : strncmp(url, "git://", 6) == 0                                      ? WIRE_GIT

@@ -17,6 +17,7 @@ local git = require "moonops.git"
 local json = require "moonops.json"
 local log = require "moonops.log"
 local term = require "moonops.term"
+local workspace = require "moonops.workspace"
 
 local M = {}
 
@@ -60,19 +61,6 @@ local function workspace_of(settings_mod, s, name)
   return ws
 end
 
--- The credentials for an endpoint: the workspace's git_token_env, else none
--- (the engine then falls back to $MOONOPS_GIT_TOKEN).
-local function credentials_for(ws)
-  if ws and ws.git_token_env then
-    local token = os.getenv(ws.git_token_env)
-    if token and token ~= "" then
-      log.secret(token)
-      return { token = token }
-    end
-  end
-  return nil
-end
-
 local function absolute(path)
   if path:find("://", 1, true) or path:match("^[%w._-]+@[%w._-]+:") or path:sub(1, 1) == "/" then return path end
   return fs.realpath(path) or path
@@ -83,7 +71,7 @@ local function endpoint(ctx, spec, settings)
   if settings and not M.is_repository(spec) then
     local ws = workspace_of(require("moonops.settings"), settings, spec)
     return { label = ws.name, name = ws.name, url = absolute(ws.repository), branch = ws.branch,
-      environment = ws.environment, credentials = credentials_for(ws), workspace = ws }
+      environment = ws.environment, credentials = workspace.git_credentials(ws), workspace = ws }
   end
   if not M.is_repository(spec) then
     fail(string.format("unknown workspace %q: no moonops.yml found (%s); give a repository URL or path",

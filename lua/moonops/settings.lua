@@ -29,8 +29,8 @@ M.KEYS = {
   top = { "data_dir", "server", "workspaces", "promotion", "schedules", "plugins" },
   server = { "listen", "workers", "max_body", "api_tokens_env", "api_tokens_file", "queue_size", "timeout" },
   workspace = { "id", "name", "repository", "branch", "environment", "secret_env", "secret_file", "secret", "secrets",
-    "git_token_env", "git_username", "on_deploy", "keep_releases", "image", "hook_timeout", "provider",
-    "legacy_sha1" },
+    "git_token_env", "git_username", "ssh_key_file", "ssh_key_passphrase_env", "on_deploy", "keep_releases", "image",
+    "hook_timeout", "provider", "legacy_sha1" },
   secret = { "env", "file", "value" },
   image = { "build_on_deploy", "base", "registry", "builder" },
   schedule = { "name", "cron", "recipe", "args", "env", "timezone" },
@@ -298,11 +298,24 @@ local function check_workspace(ctx, t, index)
     environment = want_string(ctx, t, "environment", what),
     git_token_env = want_string(ctx, t, "git_token_env", what),
     git_username = want_string(ctx, t, "git_username", what),
+    ssh_key_file = want_string(ctx, t, "ssh_key_file", what),
+    ssh_key_passphrase_env = want_string(ctx, t, "ssh_key_passphrase_env", what),
     keep_releases = want_integer(ctx, t, "keep_releases", what, 1) or M.DEFAULTS.keep_releases,
     legacy_sha1 = want_boolean(ctx, t, "legacy_sha1", what) or false,
     where = at(ctx, t),
   }
   if not ws.repository or ws.repository == "" then bad(ctx, t, nil, "%s needs a repository", what) end
+  -- the key is read when it is used (a deploy, a promotion), so a missing one is reported then
+  if ws.ssh_key_file then
+    if ws.ssh_key_file == "" then bad(ctx, t, "ssh_key_file", "%s.ssh_key_file is empty", what) end
+    ws.ssh_key_file = absolute(ctx.dir, ws.ssh_key_file)
+  end
+  local pass_env = ws.ssh_key_passphrase_env
+  if pass_env and not pass_env:match("^[%a_][%w_]*$") then
+    -- the value is not shown: it may be the passphrase itself
+    bad(ctx, t, "ssh_key_passphrase_env", "%s.ssh_key_passphrase_env must be the name of an environment variable "
+      .. "holding the passphrase (letters, digits, _), not the passphrase itself", what)
+  end
   -- a local path repository is relative to moonops.yml
   if not ws.repository:match("^%a[%w+.-]*://") and not ws.repository:match("^[^/:]+@[^/:]+:")
     and ws.repository:sub(1, 1) ~= "/" then

@@ -93,15 +93,37 @@ function M.secrets(ws)
   return list
 end
 
---- Git credentials for the workspace's repository ({username=, token=}) or nil.
--- The token comes from the environment variable named by `git_token_env` and is
--- registered with log.secret.
+--- Git credentials for the workspace's repository, as moonops.git takes them, or nil:
+-- {username=, token=} over HTTPS, the token read from the environment variable named by
+-- `git_token_env`; {ssh_key=, ssh_passphrase=} over SSH, the key file `ssh_key_file` and its
+-- passphrase from the variable named by `ssh_key_passphrase_env`. Without a key file the
+-- engine offers the ssh agent and the default keys (~/.ssh/id_ed25519, id_ecdsa, id_rsa).
+-- The token and the passphrase are registered with log.secret.
 function M.git_credentials(ws)
-  if not ws.git_token_env then return nil end
-  local token = os.getenv(ws.git_token_env)
-  if not token or token == "" then return nil end
-  log.secret(token)
-  return { username = ws.git_username or "x-access-token", token = token }
+  local creds = {}
+  if ws.git_token_env then
+    local token = os.getenv(ws.git_token_env)
+    if token and token ~= "" then
+      log.secret(token)
+      creds.token = token
+    end
+  end
+  -- a user name given is used over HTTPS and, when the URL names none, over SSH; else the
+  -- URL's, else "x-access-token" with a token (HTTPS) or the local user (SSH)
+  creds.username = ws.git_username
+  creds.ssh_key = ws.ssh_key_file
+  if ws.ssh_key_passphrase_env then
+    local passphrase = os.getenv(ws.ssh_key_passphrase_env)
+    if passphrase and passphrase ~= "" then
+      log.secret(passphrase)
+      creds.ssh_passphrase = passphrase
+    else
+      log.warn(string.format("workspace %s: $%s (ssh_key_passphrase_env) is not set; using %s without a passphrase",
+        tostring(ws.name), ws.ssh_key_passphrase_env, ws.ssh_key_file or "the ssh keys"))
+    end
+  end
+  if next(creds) == nil then return nil end
+  return creds
 end
 
 --- A repository URL fit for messages: no userinfo (user:token@).

@@ -3,7 +3,8 @@
 --   git clone DST; git remote add src SRC;
 --   git pull -X theirs --allow-unrelated-histories src main; git push
 -- and both must give the same tree and the same parents. Remotes are plain paths,
--- git daemon and smart HTTP with Basic auth.
+-- git daemon and smart HTTP with Basic auth; workspaces in moonops.yml reached over ssh
+-- (OpenSSH's sshd) with their ssh_key_file.
 local T = require "support.t"
 local gitserve = require "support.gitserve"
 local json = require "moonops.json"
@@ -469,5 +470,87 @@ return {
       assert.equal(1, r.code)
       assert.matches("branch release not found in .*src%.git", r.stderr)
     end)
+  end)
+end)
+
+describe("moonops promote between workspaces over ssh", function()
+  after_each(T.cleanup)
+  -- one sshd for these cases; each serves its own sandbox's repositories by absolute path
+  local srv
+  setup(function() srv = gitserve.ssh("/") end)
+  teardown(function() srv.stop() end)
+
+  local PASSPHRASE = "deploy key passphrase 31"
+
+  -- A sandbox with the same-lines scenario built.
+  local function scenario()
+    local sb = sandbox()
+    build(sb, { base = { f = "1\n2\n3\n4\n5\n" }, src = { { f = "1\nSOURCE\n3\n4\n5\n" } },
+      dst = { { f = "1\nTARGET\n3\n4\nT5\n", g = "target only\n" } } })
+    srv.known_hosts(sb.home)
+    return sb
+  end
+  -- moonops.yml (in the sandbox's cwd) naming the source and target as workspaces over ssh
+  -- with `key` (relative to moonops.yml) and its passphrase.
+  local function workspaces(sb, key)
+    T.write(sb.cwd .. "/moonops.yml", table.concat({
+      "workspaces:",
+      "  - name: ws-dev",
+      "    repository: " .. srv.url(sb.srv .. "/src.git"),
+      "    ssh_key_file: " .. key,
+      "    ssh_key_passphrase_env: TEST_DEPLOY_KEY_PASSPHRASE",
+      "  - name: ws-staging",
+      "    repository: " .. srv.url(sb.srv .. "/dst-moonops.git"),
+      "    ssh_key_file: " .. key,
+      "    ssh_key_passphrase_env: TEST_DEPLOY_KEY_PASSPHRASE",
+      "promotion: [ws-dev, ws-staging]",
+      "",
+    }, "\n"))
+  end
+  local function promote(sb)
+    return sb.moonops({ "promote", "--to", "ws-staging", "--yes", "--json" },
+      { TEST_DEPLOY_KEY_PASSPHRASE = PASSPHRASE, SSH_AUTH_SOCK = false, LSAN_OPTIONS = gitserve.SSH_LSAN_OPTIONS })
+  end
+
+  it("promotes with the workspace's ssh_key_file to the tree the git CLI gives", function()
+    local sb = scenario()
+    local _, pub = gitserve.keygen(sb.cwd .. "/keys/deploy_key", { passphrase = PASSPHRASE })
+    srv.authorize(pub)
+    workspaces(sb, "keys/deploy_key")
+    local mbare, gbare = sb.srv .. "/dst-moonops.git", sb.srv .. "/dst-git.git"
+    local before = sb.tip(mbare)
+    local r = promote(sb)
+    assert.equal(0, r.code, r.stderr)
+    local out = json.decode(r.stdout)
+    assert.equal("pushed", out.status)
+    assert.equal(before, out.old_commit)
+    assert.equal(out.commit, sb.tip(mbare))
+    assert.is_nil((r.stdout .. r.stderr):find(PASSPHRASE, 1, true))
+    -- the git CLI's flow on the same repositories (by path: the transport does not change the tree)
+    local cli_out, cli_ok = manual(sb, { cli = function(repo) return sb.srv .. "/" .. repo end })
+    assert.is_true(cli_ok, cli_out)
+    assert.equal(sb.git(gbare, "git rev-parse main^{tree}"), sb.git(mbare, "git rev-parse main^{tree}"))
+    assert.equal(parents(sb, gbare), parents(sb, mbare))
+    assert.equal(before .. "\n" .. sb.tip(sb.srv .. "/src.git"), parents(sb, mbare))
+  end)
+
+  it("fails clearly with a key the server refuses, or one that is missing, leaving the target alone", function()
+    local sb = scenario()
+    gitserve.keygen(sb.cwd .. "/keys/wrong_key", { passphrase = PASSPHRASE }) -- never authorized
+    workspaces(sb, "keys/wrong_key")
+    local mbare = sb.srv .. "/dst-moonops.git"
+    local before = sb.tip(mbare)
+    local r = promote(sb)
+    assert.equal(1, r.code, r.stderr)
+    assert.matches("ssh authentication as " .. srv.user .. " failed: ssh key " .. (sb.cwd .. "/keys/wrong_key"):gsub("%p",
+      "%%%0") .. " rejected", r.stderr)
+    assert.equal("failed", json.decode(r.stdout).status)
+    assert.is_nil((r.stdout .. r.stderr):find(PASSPHRASE, 1, true))
+    assert.equal(before, sb.tip(mbare))
+    workspaces(sb, "keys/nowhere")
+    r = promote(sb)
+    assert.equal(1, r.code, r.stderr)
+    assert.matches("ssh key " .. (sb.cwd .. "/keys/nowhere"):gsub("%p", "%%%0") .. ": No such file or directory", r.stderr)
+    assert.equal(before, sb.tip(mbare))
   end)
 end)

@@ -1,7 +1,9 @@
--- moonops.git against the git CLI and real servers (git daemon, smart HTTP with Basic auth).
+-- moonops.git against the git CLI and real servers (git daemon, smart HTTP with Basic auth,
+-- OpenSSH's sshd).
 local T = require "support.t"
 local gitserve = require "support.gitserve"
 local git = require "moonops.git"
+local json = require "moonops.json"
 
 local AUTHOR = { name = "Test Author", email = "author@example.com" }
 
@@ -912,6 +914,215 @@ describe("moonops.git", function()
         { env = { MOONOPS_GIT_TOKEN = "s3cret-token-value", HOME = sb.home } })
       assert.equal(0, r.code, r.stderr)
       assert.equal(sb.git(sb.root .. "/srv/ws.git", "git rev-parse main") .. "\n", r.stdout)
+    end)
+  end)
+
+  describe("over ssh", function()
+    -- one sshd for these cases (they serve repositories by absolute path, each its own)
+    local srv, sb, bare, log_mark
+    setup(function() srv = gitserve.ssh("/") end)
+    teardown(function() srv.stop() end)
+    before_each(function()
+      sb = sandbox()
+      os.execute("mkdir -p " .. T.q(sb.root .. "/srv"))
+      sb.repo("src", { f = "1\n" })
+      sb.git(sb.root, "git clone -q --bare src srv/ws.git")
+      bare = sb.root .. "/srv/ws.git"
+      srv.known_hosts(sb.home)
+      log_mark = #(T.read(srv.log) or "")
+    end)
+
+    -- ~/.ssh/known_hosts and the default keys are read from $HOME and the agent found through
+    -- $SSH_AUTH_SOCK, so each case runs in a moonops process of its own with its own
+    -- environment (this process's HOME is the user's, not to be written to).
+    -- `code` sees `git`, `json`, `url` (ws.git over ssh), `dir` (a path, emptied first), `key`
+    -- (the server's client key) and `edit(repo, text)` (a commit changing f); what it
+    -- returns is decoded from JSON. A passphrase travels in $TEST_SSH_PASSPHRASE.
+    local function run(code, env)
+      local script = sb.root .. "/case.lua"
+      os.execute("rm -rf " .. T.q(sb.root .. "/c") .. " " .. T.q(sb.root .. "/c-fetch"))
+      T.write(script, string.format([[
+local git = require "moonops.git"
+local json = require "moonops.json"
+local url, dir, key = %q, %q, %q
+local function edit(repo, text)
+  local f = assert(io.open(repo:workdir() .. "f", "w"))
+  f:write(text)
+  f:close()
+  repo:add_all()
+  return repo:commit({ message = text, author = { name = "A", email = "a@example.com" } })
+end
+local function outcome(ok, err, code) return { ok = ok and true or false, err = err, code = code } end
+local result = (function() %s end)()
+print(json.encode(result))
+]], srv.url(bare), sb.root .. "/c", srv.key, code))
+      local e = { HOME = sb.home, SSH_AUTH_SOCK = false, MOONOPS_GIT_TOKEN = false, GIT_CONFIG_NOSYSTEM = "1",
+        LSAN_OPTIONS = gitserve.SSH_LSAN_OPTIONS }
+      for k, v in pairs(env or {}) do e[k] = v end
+      local r = T.moonops({ "lua", script }, { env = e })
+      assert.equal(0, r.code, r.stderr)
+      return json.decode(r.stdout), r.stdout .. r.stderr
+    end
+    -- keys sshd refused since the case began
+    local function failed_keys()
+      local n = 0
+      for _ in (T.read(srv.log) or ""):sub(log_mark + 1):gmatch("Failed publickey for") do n = n + 1 end
+      return n
+    end
+
+    it("clones, fetches and pushes with a key file, with the expected old value", function()
+      local out = run([[
+        local creds = { ssh_key = key }
+        local repo = assert(git.clone(url, dir, { credentials = creds }))
+        local old = repo:resolve("HEAD")
+        local new = edit(repo, "2\n")
+        local pushed = outcome(repo:push("origin", { "refs/heads/main:refs/heads/main" },
+          { expect = old, credentials = creds }))
+        edit(repo, "3\n")
+        local stale = outcome(repo:push("origin", { "refs/heads/main:refs/heads/main" },
+          { expect = old, credentials = creds }))
+        local other = assert(git.init(dir .. "-fetch", { bare = true }))
+        local fetched = outcome(other:fetch(url, { "+refs/heads/main:refs/remotes/ssh/main" }, { credentials = creds }))
+        return { old = old, new = new, pushed = pushed, stale = stale, fetched = fetched,
+          tip = other:resolve("refs/remotes/ssh/main"), remote = repo:remotes()[1].url }]])
+      assert.equal(sb.git(sb.root .. "/src", "git rev-parse HEAD"), out.old)
+      assert.equal(srv.url(bare), out.remote)
+      assert.is_true(out.pushed.ok, out.pushed.err)
+      assert.is_false(out.stale.ok)
+      assert.equal("EMOVED", out.stale.code)
+      assert.matches("target moved", out.stale.err)
+      assert.equal(out.new, sb.git(bare, "git rev-parse main"))
+      assert.is_true(out.fetched.ok, out.fetched.err)
+      assert.equal(out.new, out.tip)
+      assert.equal("", sb.git(bare, "git fsck --full --no-dangling 2>&1 | grep -v -e '^Checking' -e '^notice' || true"))
+      assert.equal(0, failed_keys())
+    end)
+
+    it("turns a pre-receive rejection into an error with the server's reason", function()
+      T.write(bare .. "/hooks/pre-receive", "#!/bin/sh\necho 'main is frozen' >&2\nexit 1\n")
+      os.execute("chmod +x " .. T.q(bare .. "/hooks/pre-receive"))
+      local before = sb.git(bare, "git rev-parse main")
+      local out = run([[
+        local repo = assert(git.clone(url, dir, { credentials = { ssh_key = key } }))
+        edit(repo, "2\n")
+        return outcome(repo:push("origin", { "refs/heads/main:refs/heads/main" }, { credentials = { ssh_key = key } }))]])
+      assert.is_false(out.ok)
+      assert.equal("EREJECTED", out.code)
+      assert.matches("^push origin refs/heads/main: rejected %(pre%-receive hook declined", out.err)
+      assert.matches("main is frozen", out.err)
+      assert.equal(before, sb.git(bare, "git rev-parse main"))
+    end)
+
+    it("gives up on a key the server refuses, naming it and never its passphrase", function()
+      local wrong = gitserve.keygen(sb.root .. "/wrong_key", { passphrase = "correct horse battery" })
+      local case = [[
+        return outcome(git.clone(url, dir,
+          { credentials = { ssh_key = %q, ssh_passphrase = os.getenv("TEST_SSH_PASSPHRASE") } }))]]
+      local out, all = run(case:format(wrong), { TEST_SSH_PASSPHRASE = "correct horse battery" })
+      assert.is_false(out.ok)
+      assert.equal("EAUTH", out.code)
+      assert.matches("ssh authentication as " .. srv.user .. " failed: ssh key " .. wrong:gsub("%p", "%%%0") .. " rejected$",
+        out.err)
+      assert.is_nil(all:find("correct horse battery", 1, true))
+      assert.equal(1, failed_keys()) -- offered once, not retried
+      assert.is_nil(T.read(sb.root .. "/c/f"))
+      -- a key file that is not there is named as such
+      out = run([[return outcome(git.clone(url, dir, { credentials = { ssh_key = dir .. ".missing" } }))]])
+      assert.equal("EAUTH", out.code)
+      assert.matches("ssh key .*/c%.missing: No such file or directory", out.err)
+      -- an RSA key, even one the server lists, is refused: libssh2 1.10 signs with SHA-1 (ssh-rsa),
+      -- which OpenSSH 8.8 and later do not accept; the message says so
+      local rsa, rsa_pub = gitserve.keygen(sb.root .. "/rsa_key", { type = "rsa" })
+      srv.authorize(rsa_pub)
+      out = run(([[return outcome(git.clone(url, dir, { credentials = { ssh_key = %q } }))]]):format(rsa))
+      assert.equal("EAUTH", out.code)
+      assert.matches("ssh key " .. rsa:gsub("%p", "%%%0") .. " rejected %(an RSA key: libssh2 before 1%.11 signs with "
+        .. "SHA%-1, which OpenSSH 8%.8 and later refuse; use an ed25519 or ECDSA key%)$", out.err)
+    end)
+
+    it("uses a passphrase-protected key with its passphrase, and says when the passphrase is wrong", function()
+      local locked, pub = gitserve.keygen(sb.root .. "/locked_key", { passphrase = "s3cret passphrase 42" })
+      srv.authorize(pub)
+      local case = [[
+        local repo, err, code = git.clone(url, dir,
+          { credentials = { ssh_key = %q, ssh_passphrase = os.getenv("TEST_SSH_PASSPHRASE") } })
+        return { ok = repo ~= nil, err = err, code = code, head = repo and repo:resolve("HEAD") }]]
+      local out, all = run(case:format(locked), { TEST_SSH_PASSPHRASE = "s3cret passphrase 42" })
+      assert.is_true(out.ok, out.err)
+      assert.equal(sb.git(bare, "git rev-parse main"), out.head)
+      assert.is_nil(all:find("s3cret passphrase 42", 1, true))
+      out, all = run(case:format(locked), { TEST_SSH_PASSPHRASE = "not-the-passphrase-7" })
+      assert.is_false(out.ok)
+      assert.equal("EAUTH", out.code)
+      assert.matches("ssh key " .. locked:gsub("%p", "%%%0") .. " could not be used %(.*[Ww]rong passphrase", out.err)
+      assert.is_nil(all:find("not-the-passphrase-7", 1, true))
+      assert.is_nil(all:find("s3cret passphrase 42", 1, true))
+    end)
+
+    it("takes the key from the ssh agent when no key file is given", function()
+      local sock = sb.root .. "/agent.sock"
+      local wrong = gitserve.keygen(sb.root .. "/wrong_key")
+      local agent = T.spawn("exec ssh-agent -D -a " .. T.q(sock), sb.root .. "/agent.log")
+      local ok, err = pcall(function()
+        assert(T.wait_for(function() return T.sh("test -S " .. T.q(sock) .. " && echo yes"):match("yes") end, 5),
+          "ssh-agent did not start: " .. tostring(T.read(sb.root .. "/agent.log")))
+        local function add(k)
+          local o, added = T.sh(string.format("SSH_AUTH_SOCK=%s ssh-add -q %s 2>&1", T.q(sock), T.q(k)))
+          assert(added, o)
+        end
+        local case = [[
+          local repo, err, code = git.clone(url, dir)
+          return { ok = repo ~= nil, err = err, code = code, head = repo and repo:resolve("HEAD") }]]
+        add(wrong)
+        local out = run(case, { SSH_AUTH_SOCK = sock })
+        assert.is_false(out.ok)
+        assert.equal("EAUTH", out.code)
+        assert.matches("ssh authentication as " .. srv.user .. " failed: the ssh agent offered no accepted key", out.err)
+        add(srv.key)
+        out = run(case, { SSH_AUTH_SOCK = sock })
+        assert.is_true(out.ok, out.err)
+        assert.equal(sb.git(bare, "git rev-parse main"), out.head)
+      end)
+      T.kill(agent)
+      assert(ok, err)
+    end)
+
+    it("falls back to the default keys under $HOME/.ssh, one after the other, as ssh does", function()
+      local case = [[
+        local repo, err, code = git.clone(url, dir)
+        return { ok = repo ~= nil, err = err, code = code }]]
+      local out = run(case)
+      assert.is_false(out.ok)
+      assert.equal("EAUTH", out.code)
+      assert.matches("no ssh key: set ssh_key_file or start ssh%-agent", out.err)
+      local ssh_dir = sb.home .. "/.ssh"
+      gitserve.keygen(ssh_dir .. "/id_ed25519") -- not authorized
+      local _, ecdsa_pub = gitserve.keygen(ssh_dir .. "/id_ecdsa", { type = "ecdsa" })
+      srv.authorize(ecdsa_pub)
+      out = run(case)
+      assert.is_true(out.ok, out.err)
+      assert.equal(1, failed_keys()) -- id_ed25519 first, refused; then id_ecdsa
+      os.remove(ssh_dir .. "/id_ecdsa")
+      out = run(case)
+      assert.is_false(out.ok)
+      assert.equal("EAUTH", out.code)
+      assert.matches("failed: ssh key " .. ssh_dir:gsub("%p", "%%%0") .. "/id_ed25519 rejected$", out.err)
+    end)
+
+    it("refuses a host whose key is unknown or has changed, fetching nothing", function()
+      local port = srv.port
+      local case = [[return outcome(git.clone(url, dir, { credentials = { ssh_key = key } }))]]
+      for _, known in ipairs({ "", string.format("[127.0.0.1]:%d %s\n", port, T.read(srv.pubkey):match("^%S+ %S+")) }) do
+        T.write(sb.home .. "/.ssh/known_hosts", known)
+        local out = run(case)
+        assert.is_false(out.ok)
+        assert.equal("ECERT", out.code)
+        assert.equal(string.format("clone %s: ssh host key of [127.0.0.1]:%d is unknown or has changed (checked against "
+          .. "%s/.ssh/known_hosts): verify the host's key, then add it to that file (ssh-keyscan -p %d 127.0.0.1 prints "
+          .. "it)", srv.url(bare):gsub("//[^@]*@", "//"), port, sb.home, port), out.err)
+        assert.is_nil(T.read(sb.root .. "/c/f"))
+      end
+      assert.is_nil((T.read(srv.log) or ""):sub(log_mark + 1):find("Accepted publickey", 1, true))
     end)
   end)
 end)

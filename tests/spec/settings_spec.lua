@@ -180,6 +180,15 @@ plugins:
       assert.matches("expected a mapping at the top", err_of("- a\n- b\n"), 1, true)
     end)
 
+    it("ssh keys given wrongly, never showing what was given", function()
+      assert.matches("did you mean ssh_key_file?", err_of(WS .. "    ssh_keyfile: id_ed25519\n", 10), 1, true)
+      assert.matches("ssh_key_file must be a string, got a list", err_of(WS .. "    ssh_key_file: [a, b]\n", 10), 1, true)
+      assert.matches("ssh_key_file is empty", err_of(WS .. "    ssh_key_file: ''\n", 10), 1, true)
+      local msg = err_of(WS .. "    ssh_key_passphrase_env: open sesame 99\n", 10)
+      assert.matches("ssh_key_passphrase_env must be the name of an environment variable", msg, 1, true)
+      assert.is_nil(msg:find("open sesame 99", 1, true))
+    end)
+
     it("a workspace without a name or a repository", function()
       assert.matches("needs a name", err_of("workspaces:\n  - repository: x.git\n", 2), 1, true)
       assert.matches("needs a repository", err_of("workspaces:\n  - name: a\n", 2), 1, true)
@@ -241,6 +250,49 @@ plugins:
     assert.matches('workspace "acme-dve" not found', e.message, 1, true)
     assert.matches("did you mean acme-dev?", e.message, 1, true)
     assert.matches("known: acme-dev, acme", e.message, 1, true)
+  end)
+
+  it("reads a workspace's ssh key file and passphrase variable into its git credentials", function()
+    local dir = T.tmpdir()
+    T.write(dir .. "/moonops.yml", [[
+workspaces:
+  - name: rel
+    repository: ssh://git@git.example.org/w.git
+    ssh_key_file: keys/deploy_ed25519
+    ssh_key_passphrase_env: TEST_KEY_PASSPHRASE
+  - name: home
+    repository: git@git.example.org:w.git
+    ssh_key_file: ~/.ssh/deploy
+    git_username: deployer
+  - name: abs
+    repository: ssh://git@git.example.org/w.git
+    ssh_key_file: /etc/moonops/key
+    ssh_key_passphrase_env: TEST_KEY_PASSPHRASE_UNSET
+  - name: plain
+    repository: https://git.example.org/w.git
+]])
+    -- in a process of its own: the passphrase comes from its environment, HOME expands ~
+    local r = T.moonops({ "lua", "-e", [[
+      local json = require "moonops.json"
+      local log = require "moonops.log"
+      local settings = require "moonops.settings"
+      local workspace = require "moonops.workspace"
+      local s = settings.load(arg[1])
+      local out = {}
+      for _, ws in ipairs(s.workspaces) do out[ws.name] = workspace.git_credentials(ws) or "none" end
+      out.masked = log.mask("key opened with the passphrase under lock 7")
+      print(json.encode(out))
+    ]], dir .. "/moonops.yml" }, { env = { TEST_KEY_PASSPHRASE = "the passphrase under lock 7", HOME = dir .. "/home",
+      TEST_KEY_PASSPHRASE_UNSET = false } })
+    assert.are.equal(0, r.code, r.stderr)
+    local out = require("moonops.json").decode(r.stdout)
+    -- the file need not exist yet: it is read when used
+    assert.are.same({ ssh_key = dir .. "/keys/deploy_ed25519", ssh_passphrase = "the passphrase under lock 7" }, out.rel)
+    assert.are.same({ ssh_key = dir .. "/home/.ssh/deploy", username = "deployer" }, out.home)
+    assert.are.same({ ssh_key = "/etc/moonops/key" }, out.abs)
+    assert.are.equal("none", out.plain)
+    assert.are.equal("key opened with ***", out.masked)
+    assert.matches("$TEST_KEY_PASSPHRASE_UNSET (ssh_key_passphrase_env) is not set", r.stderr, 1, true)
   end)
 
   describe("webhook secrets", function()

@@ -3,11 +3,13 @@
 --   local gitserve = require "support.gitserve"
 --   local srv = gitserve.daemon(base)                       -- git://, receive-pack enabled
 --   local web = gitserve.http(base, {user = "bot", token = "tok123"})  -- smart HTTP + Basic auth
+--   local ssh = gitserve.ssh(base)                          -- OpenSSH's sshd, a generated client key
 --   srv.url("ws.git")   --> "git://127.0.0.1:<port>/ws.git"
 --   web.url("ws.git")   --> "http://127.0.0.1:<port>/git/ws.git"
---   srv.stop(); web.stop()
+--   ssh.url("ws.git")   --> "ssh://<user>@127.0.0.1:<port><base>/ws.git"
+--   srv.stop(); web.stop(); ssh.stop()
 --
--- `base` is a directory of bare repositories (created by the caller). Both servers
+-- `base` is a directory of bare repositories (created by the caller). The servers
 -- run with GIT_CONFIG_NOSYSTEM=1 and a private HOME so the host's git config
 -- does not leak in. `stop` is idempotent; call it in a `finally`.
 local T = require "support.t"
@@ -66,7 +68,7 @@ function M.http(base_dir, opts)
   local work = scratch()
   local port = T.free_port()
   local htpasswd = work .. "/htpasswd"
-  local _, ok = T.sh(string.format("htpasswd -bc %s %s %s 2>/dev/null", T.q(htpasswd), T.q(user), T.q(token)))
+  local _, ok = T.sh(string.format("printf '%%s\\n' %s | htpasswd -ic %s %s 2>/dev/null", T.q(token), T.q(htpasswd), T.q(user)))
   assert(ok, "htpasswd failed (package apache2-utils)")
   local conf = work .. "/lighttpd.conf"
   T.write(conf, table.concat({
@@ -93,6 +95,114 @@ function M.http(base_dir, opts)
   local server = { port = port, base = base_dir, user = user, token = token, log = work .. "/error.log" }
   function server.url(repo)
     return string.format("http://127.0.0.1:%d/git/%s", port, repo)
+  end
+  function server.stop()
+    if pid then
+      T.kill(pid)
+      pid = nil
+      os.execute("rm -rf " .. T.q(work))
+    end
+  end
+  return server
+end
+
+local SSHD = "/usr/sbin/sshd"
+
+--- LSAN_OPTIONS for a moonops process that uses ssh remotes: leak checking off. libgit2 1.5.1
+-- leaks about 330 bytes per ssh connection (load_known_hosts clears two buffers instead of
+-- freeing them, and the known_hosts list it loads is never freed: valgrind shows every lost
+-- block under git_remote_connect_ext), and the sanitizer's short stacks end inside libgit2,
+-- so no suppression can name it without hiding every other libgit2 leak. Other errors are
+-- still caught.
+M.SSH_LSAN_OPTIONS = (os.getenv("LSAN_OPTIONS") and (os.getenv("LSAN_OPTIONS") .. ":") or "") .. "detect_leaks=0"
+
+local function have(cmd)
+  local _, ok = T.sh("command -v " .. cmd .. " >/dev/null 2>&1")
+  return ok
+end
+
+--- Generate an ssh key pair at `path` (and `path`.pub). opts: {type = "ed25519", passphrase = ""}.
+-- (ssh-keygen takes the passphrase as an argument: use test values only.)
+function M.keygen(path, opts)
+  opts = opts or {}
+  assert(have("ssh-keygen"), "ssh-keygen not found (package openssh-client)")
+  os.execute("mkdir -p " .. T.q(path:match("^(.*)/[^/]*$") or "."))
+  local out, ok = T.sh(string.format("ssh-keygen -q -t %s -N %s -C moonops-test -f %s 2>&1 </dev/null",
+    opts.type or "ed25519", T.q(opts.passphrase or ""), T.q(path)))
+  assert(ok, "ssh-keygen failed: " .. out)
+  return path, path .. ".pub"
+end
+
+--- Start OpenSSH's sshd on 127.0.0.1 and a free port, serving the repositories under `base_dir`
+-- to the user running the tests (as root, root; otherwise sshd can only log in as its own user).
+-- It has its own host key, accepts only the keys in its own authorized_keys (a generated
+-- ed25519 client key to begin with; `authorize(pubkey_path)` adds more), and runs the
+-- git-upload-pack and git-receive-pack on PATH. opts: {log_level = "VERBOSE"} (VERBOSE logs
+-- each refused key as "Failed publickey for ...").
+-- Returns {url = fn(repo) (a name under base_dir, or an absolute path), port =, user =, key =,
+--   pubkey =, known_hosts_line =, known_hosts = fn(home) (writes home/.ssh/known_hosts),
+--   ssh_command = (for GIT_SSH_COMMAND), authorize = fn(pubkey_path), log =, stop = fn()}.
+function M.ssh(base_dir, opts)
+  opts = opts or {}
+  local rfd = io.open(SSHD, "r")
+  if not rfd then error("sshd not found at " .. SSHD .. " (package openssh-server)", 2) end
+  rfd:close()
+  assert(have("ssh-keygen") and have("ssh"), "ssh-keygen or ssh not found (package openssh-client)")
+  local work = scratch()
+  local user = T.sh("id -un"):gsub("%s+$", "")
+  if T.sh("id -u"):gsub("%s+$", "") == "0" then
+    -- sshd started by root separates privileges into this directory and refuses to start without it
+    os.execute("mkdir -p /run/sshd && chmod 755 /run/sshd")
+  end
+  local host_key = M.keygen(work .. "/host_ed25519")
+  local key, pubkey = M.keygen(work .. "/client_ed25519")
+  local authorized = work .. "/authorized_keys"
+  T.write(authorized, T.read(pubkey))
+  os.execute("mkdir -p " .. T.q(work .. "/home"))
+  local port = T.free_port()
+  local conf = work .. "/sshd_config"
+  T.write(conf, table.concat({
+    "Port " .. port,
+    "ListenAddress 127.0.0.1",
+    "HostKey " .. host_key,
+    "AuthorizedKeysFile " .. authorized,
+    "PubkeyAuthentication yes",
+    "PasswordAuthentication no",
+    "KbdInteractiveAuthentication no",
+    "PermitRootLogin prohibit-password",
+    "StrictModes no",
+    "UsePAM no",
+    "PidFile " .. work .. "/sshd.pid",
+    "LogLevel " .. (opts.log_level or "VERBOSE"),
+    -- the server side of git runs with no system config and a private HOME, as the other servers here
+    "SetEnv GIT_CONFIG_NOSYSTEM=1 HOME=" .. work .. "/home",
+    "",
+  }, "\n"))
+  local log = work .. "/sshd.log"
+  local pid = T.spawn(string.format("exec %s -D -e -f %s", SSHD, T.q(conf)), log)
+  wait_listening(port, pid, log, "sshd")
+  local host_pub = T.read(host_key .. ".pub"):match("^(%S+ %S+)")
+  local line = string.format("[127.0.0.1]:%d %s", port, host_pub)
+  T.write(work .. "/known_hosts", line .. "\n")
+  local server = { port = port, user = user, key = key, pubkey = pubkey, known_hosts_line = line, log = log,
+    base = base_dir }
+  server.ssh_command = string.format("ssh -i %s -o IdentitiesOnly=yes -o IdentityAgent=none -o BatchMode=yes "
+    .. "-o StrictHostKeyChecking=yes -o UserKnownHostsFile=%s", key, work .. "/known_hosts")
+  function server.url(repo)
+    local path = repo:sub(1, 1) == "/" and repo or (base_dir .. "/" .. repo)
+    return string.format("ssh://%s@127.0.0.1:%d%s", user, port, path)
+  end
+  function server.known_hosts(home)
+    os.execute("mkdir -p " .. T.q(home .. "/.ssh"))
+    T.write(home .. "/.ssh/known_hosts", line .. "\n")
+    return home .. "/.ssh/known_hosts"
+  end
+  function server.authorize(pub)
+    local text = T.read(pub)
+    assert(text, "no public key at " .. pub)
+    local f = assert(io.open(authorized, "a"))
+    f:write(text)
+    f:close()
   end
   function server.stop()
     if pid then
