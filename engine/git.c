@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <git2.h>
+#include <git2/sys/index.h>
 #include <git2/sys/transport.h>
 #include <openssl/evp.h>
 #include <zlib.h>
@@ -3096,6 +3097,81 @@ static const char *conflict_kind(git_repository *repo, const git_index_entry *an
   return kind;
 }
 
+/*
+ * Rename conflicts. libgit2 lists a rename that conflicts as separate entries, one per path
+ * (the old path with only a base, each new path with only one side), and records the paths
+ * that belong together in the index's name entries ({ancestor, ours, theirs}). They are
+ * reported as one conflict each, as git reports them:
+ *   rename/rename  both sides renamed the same file, differently (path: the old name,
+ *                  ours_path and theirs_path: the new ones); or both renamed a different
+ *                  file to the same name (path: that name, ours_from and theirs_from)
+ *   rename/delete  ours renamed it (ours_path), theirs deleted it; delete/rename the reverse
+ */
+typedef struct {
+  const char *path, *kind, *ours_path, *theirs_path, *ours_from, *theirs_from;
+  size_t first, second; /* name entries of the group: 1 + index, 0 for none */
+} rename_conflict;
+
+static int same_path(const char *a, const char *b) {
+  return a && b && strcmp(a, b) == 0;
+}
+
+/* The rename conflict `path` belongs to; 0 when it is not part of one. */
+static int find_rename_conflict(git_index *index, const char *path, rename_conflict *rc) {
+  size_t count = git_index_name_entrycount(index);
+  memset(rc, 0, sizeof *rc);
+  for (size_t i = 0; i < count; i++) {
+    const git_index_name_entry *e = git_index_name_get_byindex(index, i);
+    if (!e || !e->ancestor) continue;
+    int ours_renamed = e->ours && !same_path(e->ours, e->ancestor);
+    int theirs_renamed = e->theirs && !same_path(e->theirs, e->ancestor);
+    if (!same_path(path, e->ancestor) && !same_path(path, e->ours) && !same_path(path, e->theirs))
+      continue;
+    rc->first = i + 1;
+    rc->path = e->ancestor;
+    if (ours_renamed && theirs_renamed) {
+      rc->kind = "rename/rename";
+      rc->ours_path = e->ours;
+      rc->theirs_path = e->theirs;
+      return 1;
+    }
+    if (ours_renamed && !e->theirs) {
+      rc->kind = "rename/delete";
+      rc->ours_path = e->ours;
+      return 1;
+    }
+    if (theirs_renamed && !e->ours) {
+      rc->kind = "delete/rename";
+      rc->theirs_path = e->theirs;
+      return 1;
+    }
+    /* one side renamed onto a name the other side also renamed a file to */
+    const char *to = ours_renamed ? e->ours : theirs_renamed ? e->theirs : NULL;
+    for (size_t j = 0; to && j < count; j++) {
+      const git_index_name_entry *f = git_index_name_get_byindex(index, j);
+      if (j == i || !f || !f->ancestor) continue;
+      const char *other = ours_renamed ? f->theirs : f->ours;
+      const char *kept = ours_renamed ? f->ours : f->theirs;
+      if (!same_path(other, to) || !same_path(kept, f->ancestor)) continue;
+      rc->kind = "rename/rename";
+      rc->path = to;
+      rc->ours_from = ours_renamed ? e->ancestor : f->ancestor;
+      rc->theirs_from = ours_renamed ? f->ancestor : e->ancestor;
+      rc->first = (i < j ? i : j) + 1;
+      rc->second = (i < j ? j : i) + 1;
+      return 1;
+    }
+    memset(rc, 0, sizeof *rc);
+  }
+  return 0;
+}
+
+static void set_string_field(lua_State *L, const char *key, const char *value) {
+  if (!value) return;
+  lua_pushstring(L, value);
+  lua_setfield(L, -2, key);
+}
+
 static void push_entry_id(lua_State *L, const git_index_entry *e, const char *key) {
   if (!e) return;
   push_oid(L, &e->id);
@@ -3249,9 +3325,26 @@ static int repo_merge(lua_State *L) {
     git_commit_tree(&their_tree, theirs);
     lua_getfield(L, -1, "conflicts");
     int n = 0;
-    if (git_index_conflict_iterator_new(&it, index) == 0) {
+    size_t names = git_index_name_entrycount(index);
+    unsigned char *reported = calloc(names + 1, 1); /* rename groups already listed */
+    if (reported && git_index_conflict_iterator_new(&it, index) == 0) {
       while (git_index_conflict_next(&anc, &our, &their, it) == 0) {
         const git_index_entry *any = our ? our : their ? their : anc;
+        rename_conflict rn;
+        if (find_rename_conflict(index, any->path, &rn)) {
+          if (reported[rn.first] || (rn.second && reported[rn.second])) continue;
+          reported[rn.first] = 1;
+          if (rn.second) reported[rn.second] = 1;
+          lua_createtable(L, 0, 6);
+          set_string_field(L, "path", rn.path);
+          set_string_field(L, "kind", rn.kind);
+          set_string_field(L, "ours_path", rn.ours_path);
+          set_string_field(L, "theirs_path", rn.theirs_path);
+          set_string_field(L, "ours_from", rn.ours_from);
+          set_string_field(L, "theirs_from", rn.theirs_from);
+          lua_rawseti(L, -2, ++n);
+          continue;
+        }
         lua_createtable(L, 0, 4);
         lua_pushstring(L, any->path);
         lua_setfield(L, -2, "path");
@@ -3264,6 +3357,7 @@ static int repo_merge(lua_State *L) {
       }
       git_index_conflict_iterator_free(it);
     }
+    free(reported);
     git_error_clear();
     lua_pop(L, 1);
     nret = 1;

@@ -261,7 +261,8 @@ function M.merge(p)
   p.merge = r
   p.unrelated = r.unrelated and true or false
   for _, c in ipairs(r.conflicts) do
-    p.conflicts[#p.conflicts + 1] = { path = c.path, kind = c.kind, ours = c.ours, theirs = c.theirs }
+    p.conflicts[#p.conflicts + 1] = { path = c.path, kind = c.kind, ours = c.ours, theirs = c.theirs,
+      ours_path = c.ours_path, theirs_path = c.theirs_path, ours_from = c.ours_from, theirs_from = c.theirs_from }
   end
   if #p.conflicts > 0 then
     p.status = "conflicts"
@@ -452,7 +453,10 @@ function M.outcome(p)
     files[i] = { path = f.path, change = f.change, hunks = hunks, binary = f.binary, from = f.from }
   end
   local conflicts = json.array()
-  for i, c in ipairs(p.conflicts) do conflicts[i] = { path = c.path, kind = c.kind } end
+  for i, c in ipairs(p.conflicts) do
+    conflicts[i] = { path = c.path, kind = c.kind, ours_path = c.ours_path, theirs_path = c.theirs_path,
+      ours_from = c.ours_from, theirs_from = c.theirs_from }
+  end
   return {
     status = p.status or "failed",
     from = p.from and p.from.label or json.null,
@@ -506,8 +510,15 @@ function M.report(p)
     add("%d conflict%s that -X theirs cannot resolve; nothing was pushed:", #p.conflicts,
       #p.conflicts == 1 and "" or "s")
     for _, c in ipairs(p.conflicts) do
-      add("  %-14s %s  (target %s, source %s)", c.kind, c.path, c.ours and c.ours:sub(1, 12) or "deleted",
-        c.theirs and c.theirs:sub(1, 12) or "deleted")
+      if c.ours_from or c.theirs_from then
+        add("  %-14s %s  (target renamed %s to it, source renamed %s)", c.kind, c.path, c.ours_from, c.theirs_from)
+      elseif c.ours_path or c.theirs_path then
+        local function side(path) return path and "renamed to " .. path or "deleted" end
+        add("  %-14s %s  (target: %s, source: %s)", c.kind, c.path, side(c.ours_path), side(c.theirs_path))
+      else
+        add("  %-14s %s  (target %s, source %s)", c.kind, c.path, c.ours and c.ours:sub(1, 12) or "deleted",
+          c.theirs and c.theirs:sub(1, 12) or "deleted")
+      end
     end
     return table.concat(out, "\n") .. "\n"
   end

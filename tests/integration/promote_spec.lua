@@ -132,7 +132,17 @@ local scenarios = {
     dst = { { ["docs/guide.md"] = guide:gsub("line 3 of", "LINE 3 of"), other = "x\n" } } },
   { name = "modify/delete", expect = "conflict",
     base = { ["transform.sql"] = "select 1\n", keep = "k\n" }, src = { { ["transform.sql"] = false } },
-    dst = { { ["transform.sql"] = "select 2\n" } } },
+    dst = { { ["transform.sql"] = "select 2\n" } },
+    conflicts = { { path = "transform.sql", kind = "modify/delete" } } },
+  { name = "rename/rename", expect = "conflict",
+    base = { ["orders.sql"] = guide }, src = { "git mv orders.sql fct_orders.sql" }, dst = { "git mv orders.sql stg_orders.sql" },
+    conflicts = { { path = "orders.sql", kind = "rename/rename", ours_path = "stg_orders.sql", theirs_path = "fct_orders.sql" } },
+    text = "rename/rename  orders.sql  (target: renamed to stg_orders.sql, source: renamed to fct_orders.sql)" },
+  { name = "rename/delete", expect = "conflict",
+    base = { ["orders.sql"] = guide, keep = "k\n" }, src = { { ["orders.sql"] = false } },
+    dst = { "git mv orders.sql stg_orders.sql" },
+    conflicts = { { path = "orders.sql", kind = "rename/delete", ours_path = "stg_orders.sql" } },
+    text = "rename/delete  orders.sql  (target: renamed to stg_orders.sql, source: deleted)" },
   { name = "nothing to promote", expect = "uptodate",
     base = { a = "1\n" }, src = {}, dst = { { a = "target is ahead\n" } } },
 }
@@ -160,7 +170,13 @@ describe("moonops promote, checked against the git CLI", function()
             if sc.expect == "conflict" then
               assert.equal(3, r.code, r.stderr)
               assert.equal("conflicts", out.status)
-              assert.same({ { path = "transform.sql", kind = "modify/delete" } }, out.conflicts)
+              assert.same(sc.conflicts, out.conflicts)
+              if sc.text then -- the report without --json names both sides
+                local t = sb.moonops({ "promote", "--from", remote.moonops("src.git"), "--to",
+                  remote.moonops("dst-moonops.git"), "--yes" }, remote.env)
+                assert.equal(3, t.code)
+                assert.matches(sc.text, t.stdout .. t.stderr, 1, true)
+              end
               assert.equal(before, sb.tip(mbare)) -- nothing pushed
               assert.is_false(cli_ok, "the git CLI merged what moonops called a conflict: " .. cli_out)
               return

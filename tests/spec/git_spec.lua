@@ -417,6 +417,29 @@ describe("moonops.git", function()
       assert.is_nil(r.conflicts[1].theirs)
       assert.has_error(function() repo:merge("main", "theirs", { favor = "sideways" }) end)
     end)
+
+    it("reports each rename conflict once, with the paths of both sides", function()
+      local text = string.rep("a line long enough for rename detection\n", 20)
+      local other = string.rep("another file, another text\n", 20)
+      local function conflicts(base, ours, theirs)
+        local sb = sandbox()
+        local dir = two_sided(sb, base, ours, theirs)
+        local repo <close> = assert(git.open(dir))
+        local r = assert(repo:merge("main", "theirs", { favor = "theirs" }))
+        assert.is_nil(r.commit)
+        return r.conflicts
+      end
+      -- one file renamed differently on each side (git: rename/rename 1to2)
+      assert.same({ { path = "a.sql", kind = "rename/rename", ours_path = "b.sql", theirs_path = "c.sql" } },
+        conflicts({ ["a.sql"] = text }, { ["a.sql"] = false, ["b.sql"] = text }, { ["a.sql"] = false, ["c.sql"] = text }))
+      -- deleted by ours, renamed by theirs
+      assert.same({ { path = "a.sql", kind = "delete/rename", theirs_path = "c.sql" } },
+        conflicts({ ["a.sql"] = text, keep = "k\n" }, { ["a.sql"] = false }, { ["a.sql"] = false, ["c.sql"] = text }))
+      -- two files renamed to one name (git: rename/rename 2to1)
+      assert.same({ { path = "h.sql", kind = "rename/rename", ours_from = "g.sql", theirs_from = "f.sql" } },
+        conflicts({ ["f.sql"] = text, ["g.sql"] = other }, { ["g.sql"] = false, ["h.sql"] = other },
+          { ["f.sql"] = false, ["h.sql"] = text }))
+    end)
   end)
 
   describe("pushing to a repository on a local path", function()
