@@ -2162,6 +2162,29 @@ done:
 #define PUSH_UNSUPPORTED 1
 
 /*
+ * Before a push moves `dst` from `cur` to `tip`: 1 to go ahead (*ours is the working copy's
+ * object store), 0 when it is up to date, or an error: GIT_EUSER when `dst` is not where the
+ * caller expects it (n->failure and n->moved say so), GIT_ENONFASTFORWARD when `tip` does not
+ * contain `cur`.
+ */
+static int push_preflight(git_repository *repo, netctx *n, const char *dst, const git_oid *cur,
+                          const git_oid *tip, git_odb **ours) {
+  if (n->has_expect && !git_oid_equal(cur, &n->expect)) {
+    note_moved(n, dst, cur, &n->expect);
+    return GIT_EUSER;
+  }
+  if (git_oid_equal(cur, tip)) return 0;
+  int rc = git_repository_odb(ours, repo);
+  if (rc < 0) return rc;
+  if (!git_oid_is_zero(cur) &&
+      (!git_odb_exists(*ours, cur) || git_graph_descendant_of(repo, tip, cur) != 1)) {
+    git_error_clear();
+    return GIT_ENONFASTFORWARD;
+  }
+  return 1;
+}
+
+/*
  * Push `spec` ("src:refs/...") to the bare repository at `path`. Returns 0, a libgit2
  * error (n->failure and n->moved say more), or PUSH_UNSUPPORTED when libgit2's
  * transport should do it (forced or deleting refspecs, a non-bare or shallow target,
@@ -2196,23 +2219,7 @@ static int push_local(git_repository *repo, const char *path, const char *spec, 
     goto done;
   git_error_clear();
 
-  if (n->has_expect && !git_oid_equal(&cur, &n->expect)) {
-    note_moved(n, dst, &cur, &n->expect);
-    rc = GIT_EUSER;
-    goto done;
-  }
-  if (git_oid_equal(&cur, &tip)) {
-    rc = 0; /* up to date */
-    goto done;
-  }
-  if ((rc = git_repository_odb(&plan.ours, repo)) < 0) goto done;
-  if (!git_oid_is_zero(&cur)) {
-    if (!git_odb_exists(plan.ours, &cur) || git_graph_descendant_of(repo, &tip, &cur) != 1) {
-      git_error_clear();
-      rc = GIT_ENONFASTFORWARD;
-      goto done;
-    }
-  }
+  if ((rc = push_preflight(repo, n, dst, &cur, &tip, &plan.ours)) <= 0) goto done;
   if ((rc = git_repository_odb(&theirs, target)) < 0) goto done;
   plan.theirs = theirs;
   if ((rc = plan_objects(&plan, &tip)) < 0 || (rc = plan_deltas(&plan)) < 0) goto done;
@@ -2702,23 +2709,7 @@ static int push_wire(git_repository *repo, git_remote *remote, const char *url, 
   for (size_t i = 0; i < count; i++)
     if (strcmp(heads[i]->name, dst) == 0) git_oid_cpy(&cur, &heads[i]->oid);
 
-  if (n->has_expect && !git_oid_equal(&cur, &n->expect)) {
-    note_moved(n, dst, &cur, &n->expect);
-    rc = GIT_EUSER;
-    goto done;
-  }
-  if (git_oid_equal(&cur, &tip)) {
-    rc = 0; /* up to date */
-    goto done;
-  }
-  if ((rc = git_repository_odb(&plan.ours, repo)) < 0) goto done;
-  if (!git_oid_is_zero(&cur)) {
-    if (!git_odb_exists(plan.ours, &cur) || git_graph_descendant_of(repo, &tip, &cur) != 1) {
-      git_error_clear();
-      rc = GIT_ENONFASTFORWARD;
-      goto done;
-    }
-  }
+  if ((rc = push_preflight(repo, n, dst, &cur, &tip, &plan.ours)) <= 0) goto done;
   plan.thin = !has_cap(caps, "no-thin");
   if ((rc = plan_remote(&plan, repo, &tip, heads, count)) < 0 ||
       (rc = plan_objects(&plan, &tip)) < 0 || (rc = plan_deltas(&plan)) < 0)

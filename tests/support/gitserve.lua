@@ -29,6 +29,17 @@ local function wait_listening(port, pid, log, what)
   end
 end
 
+--- An idempotent stop function for a server process and its scratch directory.
+local function stopper(pid, work)
+  return function()
+    if pid then
+      T.kill(pid)
+      pid = nil
+      os.execute("rm -rf " .. T.q(work))
+    end
+  end
+end
+
 --- Environment prefix for server processes: no system config, a private HOME.
 local function env_prefix(home)
   return string.format("env GIT_CONFIG_NOSYSTEM=1 HOME=%s ", T.q(home))
@@ -50,13 +61,7 @@ function M.daemon(base_dir)
   function server.url(repo)
     return string.format("git://127.0.0.1:%d/%s", port, repo)
   end
-  function server.stop()
-    if pid then
-      T.kill(pid)
-      pid = nil
-      os.execute("rm -rf " .. T.q(work))
-    end
-  end
+  server.stop = stopper(pid, work)
   return server
 end
 
@@ -96,13 +101,7 @@ function M.http(base_dir, opts)
   function server.url(repo)
     return string.format("http://127.0.0.1:%d/git/%s", port, repo)
   end
-  function server.stop()
-    if pid then
-      T.kill(pid)
-      pid = nil
-      os.execute("rm -rf " .. T.q(work))
-    end
-  end
+  server.stop = stopper(pid, work)
   return server
 end
 
@@ -204,13 +203,7 @@ function M.ssh(base_dir, opts)
     f:write(text)
     f:close()
   end
-  function server.stop()
-    if pid then
-      T.kill(pid)
-      pid = nil
-      os.execute("rm -rf " .. T.q(work))
-    end
-  end
+  server.stop = stopper(pid, work)
   return server
 end
 
