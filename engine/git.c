@@ -17,7 +17,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <git2.h>
@@ -2184,8 +2189,270 @@ static int push_preflight(git_repository *repo, netctx *n, const char *dst, cons
   return 1;
 }
 
+/* ---- the target's hooks -------------------------------------------------------
+ *
+ * A push to a local path runs the hooks `git receive-pack` would run in the target, with
+ * git's contract (githooks(5)): once the objects are in, pre-receive (stdin "<old> <new>
+ * <ref>\n") and then update (arguments <ref> <old> <new>), either of which refuses the push
+ * by failing; then the ref moves; then post-receive (the same stdin) and post-update
+ * (argument <ref>), whose outcome changes nothing. A hook is the executable file of that name
+ * in core.hooksPath (relative to the repository) or else in <repository>/hooks. It runs in
+ * the repository with GIT_DIR=. (and GIT_PUSH_OPTION_COUNT=0 for the two that read stdin),
+ * without the variables that would point git at another repository (those git clears for
+ * its local transport), in a process group of its own that the signal forwarding of proc.c
+ * knows, never through a shell. Its stdout and stderr, as one stream, go where a server's
+ * messages go (n->remote_msg). The objects are not quarantined as git does: after a refusal
+ * they stay in the target unreferenced, until `git gc` prunes them. A hook still running
+ * after HOOK_TIMEOUT_S ($MOONOPS_GIT_HOOK_TIMEOUT seconds when set) gets SIGTERM, its group
+ * SIGKILL HOOK_GRACE_MS later.
+ */
+#define HOOK_TIMEOUT_S 600
+#define HOOK_GRACE_MS 2000
+#define HOOK_DRAIN_MS 1000 /* after the hook exits, for what it wrote to reach us */
+
+extern char **environ;
+
+static const char *const hook_env_dropped[] = {
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_CONFIG",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_CONFIG_COUNT",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_IMPLICIT_WORK_TREE",
+    "GIT_GRAFT_FILE",
+    "GIT_INDEX_FILE",
+    "GIT_NO_REPLACE_OBJECTS",
+    "GIT_REPLACE_REF_BASE",
+    "GIT_PREFIX",
+    "GIT_SHALLOW_FILE",
+    "GIT_COMMON_DIR",
+    "GIT_QUARANTINE_PATH",
+    "GIT_PUSH_OPTION_COUNT",
+    "PWD", /* the hook runs elsewhere: a shell works it out */
+};
+
+typedef struct {
+  char dir[PATH_MAX]; /* where the hooks are */
+  const char *repo;   /* the repository: the hooks' working directory */
+  char **env;         /* their environment, built when the first one runs */
+  double timeout;     /* seconds */
+} hooks_ctx;
+
+static void hooks_init(hooks_ctx *h, git_repository *target) {
+  memset(h, 0, sizeof *h);
+  h->repo = git_repository_path(target);
+  git_config *cfg = NULL;
+  git_buf dir = GIT_BUF_INIT;
+  if (git_repository_config_snapshot(&cfg, target) == 0 &&
+      git_config_get_path(&dir, cfg, "core.hooksPath") == 0 && dir.size > 0)
+    snprintf(h->dir, sizeof h->dir, "%s%s", dir.ptr[0] == '/' ? "" : h->repo, dir.ptr);
+  else
+    snprintf(h->dir, sizeof h->dir, "%shooks", git_repository_commondir(target));
+  git_buf_dispose(&dir);
+  git_config_free(cfg);
+  git_error_clear();
+  const char *t = getenv("MOONOPS_GIT_HOOK_TIMEOUT");
+  char *end = NULL;
+  h->timeout = t && *t ? strtod(t, &end) : 0;
+  if (end == NULL || *end != '\0' || !(h->timeout > 0) || h->timeout > 1e6)
+    h->timeout = HOOK_TIMEOUT_S;
+}
+
+static void hooks_free(hooks_ctx *h) {
+  free(h->env);
+  h->env = NULL;
+}
+
+/* The process's environment less hook_env_dropped, then GIT_DIR=. and the push options' count. */
+static int hooks_env(hooks_ctx *h) {
+  if (h->env) return 0;
+  size_t n = 0;
+  while (environ[n])
+    n++;
+  char **env = malloc((n + 3) * sizeof *env);
+  if (env == NULL) return -1;
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    const char *eq = strchr(environ[i], '=');
+    size_t len = eq ? (size_t)(eq - environ[i]) : strlen(environ[i]);
+    int drop = strncmp(environ[i], "GIT_PUSH_OPTION_", 16) == 0;
+    for (size_t j = 0; !drop && j < sizeof hook_env_dropped / sizeof hook_env_dropped[0]; j++)
+      drop =
+          strlen(hook_env_dropped[j]) == len && memcmp(environ[i], hook_env_dropped[j], len) == 0;
+    if (!drop) env[k++] = environ[i];
+  }
+  env[k++] = "GIT_DIR=.";
+  env[k++] = "GIT_PUSH_OPTION_COUNT=0"; /* only for hooks that read stdin: cut off for the others */
+  env[k] = NULL;
+  h->env = env;
+  return 0;
+}
+
+static long long hook_clock_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Has pid exited? It stays unreaped, so its process group id cannot be taken meanwhile. */
+static int hook_exited(pid_t pid) {
+  siginfo_t si;
+  memset(&si, 0, sizeof si);
+  if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0) return errno == ECHILD;
+  return si.si_pid == pid;
+}
+
 /*
- * Push `spec` ("src:refs/...") to the bare repository at `path`. Returns 0, a libgit2
+ * Run hook `name` when there is one, with `args` (NULL-terminated, up to 3) and `in` on its
+ * stdin (NULL: /dev/null), its output added to n->remote_msg. Returns 0 when there is none
+ * or it exited 0, else 1 with what went wrong ("declined", "timed out ...") in `why`.
+ */
+static int run_hook(hooks_ctx *h, const char *name, const char *const *args, const char *in,
+                    netctx *n, char *why, size_t size) {
+  char file[PATH_MAX];
+  struct stat st;
+  int len = snprintf(file, sizeof file, "%s/%s", h->dir, name);
+  if (len < 0 || (size_t)len >= sizeof file || stat(file, &st) < 0 || !S_ISREG(st.st_mode) ||
+      access(file, X_OK) < 0)
+    return 0;
+  char *argv[5] = {file};
+  for (int i = 0; args && args[i] && i < 3; i++)
+    argv[i + 1] = (char *)args[i];
+  int in_pipe[2] = {-1, -1}, out_pipe[2] = {-1, -1}, pidfd = -1, slot = -1, status = 0;
+  int pid = 0, err = 0;
+  const char *step = "";
+  size_t envc = 0;
+  if (hooks_env(h) < 0) {
+    err = ENOMEM;
+    goto failed;
+  }
+  /* the stdin hooks' environment ends with the push options' count; the others' without it */
+  while (h->env[envc])
+    envc++;
+  if (!in) h->env[envc - 1] = NULL;
+  if (in) {
+    /* one short line: it fits in the pipe, so it is written before the hook starts */
+    size_t in_len = strlen(in);
+    step = "its input: ";
+    if (pipe2(in_pipe, O_CLOEXEC) < 0) {
+      err = errno;
+      goto failed;
+    }
+    fcntl(in_pipe[1], F_SETFL, fcntl(in_pipe[1], F_GETFL) | O_NONBLOCK);
+    ssize_t w = write(in_pipe[1], in, in_len);
+    if (w < 0 || (size_t)w != in_len) {
+      err = w < 0 ? errno : EMSGSIZE;
+      goto failed;
+    }
+    close(in_pipe[1]);
+    in_pipe[1] = -1;
+  }
+  step = "";
+  if (pipe2(out_pipe, O_CLOEXEC) < 0) {
+    err = errno;
+    goto failed;
+  }
+  int fds[3] = {in_pipe[0], out_pipe[1], out_pipe[1]};
+  err = mo_proc_spawn(&pid, file, argv, h->env, h->repo, fds, &slot);
+  close(out_pipe[1]);
+  out_pipe[1] = -1;
+  if (err) {
+    pid = 0;
+    goto failed;
+  }
+#ifdef SYS_pidfd_open
+  pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+#endif
+  fcntl(out_pipe[0], F_SETFL, fcntl(out_pipe[0], F_GETFL) | O_NONBLOCK);
+  long long now = hook_clock_ms(), deadline = now + (long long)(h->timeout * 1000);
+  long long kill_at = 0, drain_until = 0;
+  int exited = 0, timed_out = 0;
+  for (;;) {
+    now = hook_clock_ms();
+    if (!exited && hook_exited(pid)) {
+      exited = 1;
+      drain_until = now + HOOK_DRAIN_MS;
+    }
+    if (!exited && !timed_out && now >= deadline) {
+      timed_out = 1;
+      kill(-pid, SIGTERM);
+      kill_at = now + HOOK_GRACE_MS;
+    }
+    if (kill_at && now >= kill_at) {
+      kill(-pid, SIGKILL);
+      kill_at = 0;
+    }
+    /* done once it exited and its output ended, or something it started keeps that open */
+    if (exited && (out_pipe[0] < 0 || now >= drain_until)) break;
+    long long next = exited ? drain_until : timed_out ? LLONG_MAX : deadline;
+    if (kill_at && kill_at < next) next = kill_at;
+    if (!exited && pidfd < 0 && now + 20 < next) next = now + 20;
+    int ms = next == LLONG_MAX ? -1 : next <= now ? 0 : (int)(next - now);
+    struct pollfd pfd[2];
+    nfds_t np = 0;
+    if (out_pipe[0] >= 0) pfd[np++] = (struct pollfd){out_pipe[0], POLLIN, 0};
+    if (!exited && pidfd >= 0) pfd[np++] = (struct pollfd){pidfd, POLLIN, 0};
+    if (poll(pfd, np, ms) < 0 && errno != EINTR) {
+      err = errno;
+      step = "poll: ";
+      kill(-pid, SIGKILL);
+      break;
+    }
+    if (out_pipe[0] >= 0 && pfd[0].revents) {
+      char buf[4096];
+      ssize_t got = read(out_pipe[0], buf, sizeof buf);
+      if (got > 0) {
+        on_sideband(buf, (int)got, n);
+      } else if (got == 0 || (errno != EAGAIN && errno != EINTR)) {
+        close(out_pipe[0]);
+        out_pipe[0] = -1;
+      }
+    }
+  }
+  if (timed_out) kill(-pid, SIGKILL); /* nothing of a hook that timed out is left running */
+  mo_proc_forget(&slot, pid);
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (timed_out && !err)
+    snprintf(why, size, "timed out after %g s and was killed", h->timeout);
+  else if (!err && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+    snprintf(why, size, "declined");
+failed:
+  if (err) snprintf(why, size, "could not be run: %s%s", step, strerror(err));
+  if (!in && envc > 0) h->env[envc - 1] = "GIT_PUSH_OPTION_COUNT=0";
+  for (int i = 0; i < 2; i++) {
+    if (in_pipe[i] >= 0) close(in_pipe[i]);
+    if (out_pipe[i] >= 0) close(out_pipe[i]);
+  }
+  if (pidfd >= 0) close(pidfd);
+  return why[0] != '\0';
+}
+
+/* Run a hook that can refuse the push (pre-receive, update): 1 when it did (n->rejected says
+ * so, as a server would), else 0. */
+static int refusing_hook(hooks_ctx *h, const char *name, const char *const *args, const char *in,
+                         netctx *n) {
+  char why[128] = "";
+  if (!run_hook(h, name, args, in, n, why, sizeof why)) return 0;
+  snprintf(n->rejected, sizeof n->rejected, "%s hook %s", name, why);
+  return 1;
+}
+
+/* Run a hook that comes after the ref moved (post-receive, post-update): what went wrong joins
+ * its output, the push stands. */
+static void later_hook(hooks_ctx *h, const char *name, const char *const *args, const char *in,
+                       netctx *n) {
+  char why[128] = "", note[192];
+  if (!run_hook(h, name, args, in, n, why, sizeof why) || strcmp(why, "declined") == 0) return;
+  int len = snprintf(note, sizeof note, "\n%s hook %s\n", name, why);
+  on_sideband(note, len < (int)sizeof note ? len : (int)sizeof note - 1, n);
+}
+
+/*
+ * Push `spec` ("src:refs/...") to the bare repository at `path`, running its hooks (see
+ * above). Returns 0 (with n->rejected set when a hook refused the push), a libgit2
  * error (n->failure and n->moved say more), or PUSH_UNSUPPORTED when libgit2's
  * transport should do it (forced or deleting refspecs, a non-bare or shallow target,
  * a symbolic target ref, anything that is not a commit).
@@ -2202,6 +2469,9 @@ static int push_local(git_repository *repo, const char *path, const char *spec, 
   git_odb *theirs = NULL;
   push_plan plan;
   memset(&plan, 0, sizeof plan);
+  hooks_ctx hooks;
+  memset(&hooks, 0, sizeof hooks);
+  char *line = NULL; /* the hooks' stdin */
   git_oid tip, cur;
   memset(&cur, 0, sizeof cur);
   int rc = PUSH_UNSUPPORTED;
@@ -2224,6 +2494,23 @@ static int push_local(git_repository *repo, const char *path, const char *spec, 
   plan.theirs = theirs;
   if ((rc = plan_objects(&plan, &tip)) < 0 || (rc = plan_deltas(&plan)) < 0) goto done;
   if (plan.wanted.len > 0 && (rc = write_pack(theirs, NULL, &plan, n)) < 0) goto done;
+  hooks_init(&hooks, target);
+  char old_hex[SHA_HEX], new_hex[SHA_HEX];
+  git_oid_tostr(old_hex, sizeof old_hex, &cur);
+  git_oid_tostr(new_hex, sizeof new_hex, &tip);
+  const char *update_args[] = {dst, old_hex, new_hex, NULL};
+  line = malloc(2 * GIT_OID_HEXSZ + strlen(dst) + 4);
+  if (line == NULL) {
+    git_error_set_oom();
+    rc = -1;
+    goto done;
+  }
+  sprintf(line, "%s %s %s\n", old_hex, new_hex, dst);
+  if (refusing_hook(&hooks, "pre-receive", NULL, line, n) ||
+      refusing_hook(&hooks, "update", update_args, NULL, n)) {
+    rc = 0; /* n->rejected says why */
+    goto done;
+  }
   if (git_oid_is_zero(&cur))
     rc = git_reference_create(&moved, target, dst, &tip, 0, "push");
   else
@@ -2235,7 +2522,14 @@ static int push_local(git_repository *repo, const char *path, const char *spec, 
     note_moved(n, dst, &now, &cur);
     rc = GIT_EUSER;
   }
+  if (rc == 0) {
+    const char *post_update_args[] = {dst, NULL};
+    later_hook(&hooks, "post-receive", NULL, line, n);
+    later_hook(&hooks, "post-update", post_update_args, NULL, n);
+  }
 done:
+  hooks_free(&hooks);
+  free(line);
   git_reference_free(moved);
   git_reference_free(ref);
   git_object_free(obj);

@@ -53,6 +53,13 @@ int mo_proc_signal_all(int sig);
  * SIGKILL what is left; returns how many got SIGTERM. Their owners reap them.
  * Async-signal-safe. */
 int mo_proc_terminate_all(int wait_ms, int kinds);
+/* posix_spawn `file` (never through a shell) in a process group of its own, registered as
+ * MO_PROC_RUN (its slot in *slot, -1 when untracked), in `cwd` (NULL: this one) with `envp`
+ * (NULL: this environment); fds[i] >= 0 become i, the others /dev/null. Returns 0 or an errno. */
+int mo_proc_spawn(int *pid, const char *file, char *const argv[], char *const envp[],
+                  const char *cwd, const int fds[3], int *slot);
+/* Take a group out of the registry: call before reaping its leader. */
+void mo_proc_forget(int *slot, int pid);
 /* Install the SIGINT/SIGTERM/SIGHUP handlers of the moonops program: forward the
  * signal to every registered group, escalate to TERM and KILL, then die of it.
  * Call once, from the main thread; a signal ignored at start stays ignored. */

@@ -448,6 +448,19 @@ static int spawn_command(const command *cmd, const int fds[3], pid_t *pid, int k
   return rc;
 }
 
+int mo_proc_spawn(int *pid, const char *file, char *const argv[], char *const envp[],
+                  const char *cwd, const int fds[3], int *slot) {
+  command cmd = {argv[0], (char *)file, (char **)argv, (char **)envp, cwd};
+  pid_t p = 0;
+  int rc = spawn_command(&cmd, fds, &p, MO_PROC_RUN, slot);
+  *pid = (int)p;
+  return rc;
+}
+
+void mo_proc_forget(int *slot, int pid) {
+  group_remove(slot, (pid_t)pid);
+}
+
 static int spawn_failed(lua_State *L, const char *op, const command *cmd, int rc) {
   if (rc == ENOENT) return mo_fail(L, "%s %s: command not found", op, cmd->name);
   return mo_fail(L, "%s %s: %s", op, cmd->name, strerror(rc));

@@ -669,6 +669,163 @@ describe("moonops.git", function()
       assert.matches("non%-bare", err)
       assert.equal(old, sb.git(sb.root .. "/dst-work", "git rev-parse main"))
     end)
+
+    -- An executable hook `name` in `dir` that appends to hooks.log in its working directory its
+    -- name and arguments, that directory, $GIT_DIR, $GIT_PUSH_OPTION_COUNT, its stdin and where
+    -- refs/heads/main is while it runs; then runs `body` (shell).
+    local function hook(dir, name, body, mode)
+      T.write(dir .. "/" .. name, "#!/bin/sh\n"
+        .. "{ printf %s \"$(basename \"$0\")\"; for a; do printf ' %s' \"$a\"; done; echo\n"
+        .. "  echo \"pwd=$(pwd -P) GIT_DIR=$GIT_DIR options=${GIT_PUSH_OPTION_COUNT-unset}\"; cat\n"
+        .. "  echo \"main=$(git rev-parse --verify -q refs/heads/main)\"; } >> hooks.log\n"
+        .. (body or ""))
+      os.execute("chmod " .. (mode or "755") .. " " .. T.q(dir .. "/" .. name))
+    end
+    -- what `hook` records for one run in repository directory `dir`: pre-receive and post-receive
+    -- read `stdin` and see GIT_PUSH_OPTION_COUNT=0, update and post-update take arguments
+    local function ran(name, args, dir, stdin, main)
+      return string.format("%s%s\npwd=%s GIT_DIR=. options=%s\n%smain=%s\n", name, args and " " .. args or "",
+        dir, stdin and "0" or "unset", stdin and stdin .. "\n" or "", main)
+    end
+    local PUSH = { "refs/moonops/promote/main:refs/heads/main" }
+
+    it("runs the target's hooks as git receive-pack does: pre-receive, update, the ref, post-receive, post-update",
+      function()
+      local sb = sandbox()
+      local wc <close>, _, bare = setup(sb)
+      local old = wc:resolve("refs/remotes/origin/main")
+      local tip = merged(wc)
+      for _, name in ipairs({ "pre-receive", "update", "post-receive", "post-update" }) do
+        hook(bare .. "/hooks", name)
+      end
+      local other = sb.root .. "/srv/dst-git.git" -- the same target, for the git CLI
+      sb.git(sb.root, "cp -a srv/dst.git " .. T.q(other))
+      assert.is_true(wc:push(bare, PUSH, { expect = old }))
+      assert.equal(tip, sb.git(bare, "git rev-parse main"))
+      local here, line = sb.git(bare, "pwd -P"), old .. " " .. tip .. " refs/heads/main"
+      assert.equal(ran("pre-receive", nil, here, line, old)
+        .. ran("update", "refs/heads/main " .. old .. " " .. tip, here, nil, old)
+        .. ran("post-receive", nil, here, line, tip)
+        .. ran("post-update", "refs/heads/main", here, nil, tip), T.read(bare .. "/hooks.log"))
+      -- git push gives its hooks the same
+      sb.git(sb.root, "git --git-dir=wc push -q " .. T.q(other) .. " refs/moonops/promote/main:refs/heads/main")
+      local there = sb.git(other, "pwd -P")
+      assert.equal(T.read(bare .. "/hooks.log"), (T.read(other .. "/hooks.log"):gsub(there:gsub("%p", "%%%0"), here)))
+    end)
+
+    it("rejects the push when pre-receive fails, with its output, and leaves the ref alone", function()
+      local sb = sandbox()
+      local wc <close>, _, bare = setup(sb)
+      local old = wc:resolve("refs/remotes/origin/main")
+      local tip = merged(wc)
+      hook(bare .. "/hooks", "pre-receive", "echo checking policy\necho 'main is frozen' >&2\nexit 1\n")
+      hook(bare .. "/hooks", "update")
+      hook(bare .. "/hooks", "post-receive")
+      local ok, err, code = wc:push(bare, PUSH, { expect = old })
+      assert.is_nil(ok)
+      assert.equal("EREJECTED", code)
+      assert.equal("push " .. bare .. " refs/heads/main: rejected (pre-receive hook declined; remote: checking policy"
+        .. " main is frozen)", err)
+      assert.equal(old, sb.git(bare, "git rev-parse main"))
+      assert.equal(ran("pre-receive", nil, sb.git(bare, "pwd -P"), old .. " " .. tip .. " refs/heads/main", old),
+        T.read(bare .. "/hooks.log"))
+      -- the objects stay in the target, unreferenced (git gc prunes them); a later push sends none again
+      sb.git(bare, "git cat-file -e " .. tip)
+      local before = pack_files(sb, bare)
+      os.remove(bare .. "/hooks/pre-receive")
+      assert.is_true(wc:push(bare, PUSH, { expect = old }))
+      assert.equal(tip, sb.git(bare, "git rev-parse main"))
+      assert.same(before, pack_files(sb, bare))
+    end)
+
+    it("rejects the push when the update hook fails, after pre-receive ran", function()
+      local sb = sandbox()
+      local wc <close>, _, bare = setup(sb)
+      local old = wc:resolve("refs/remotes/origin/main")
+      local tip = merged(wc)
+      hook(bare .. "/hooks", "pre-receive", "echo pre-receive passed\n")
+      hook(bare .. "/hooks", "update", "echo \"$1 is protected\" >&2\nexit 3\n")
+      hook(bare .. "/hooks", "post-update")
+      local ok, err, code = wc:push(bare, PUSH)
+      assert.is_nil(ok)
+      assert.equal("EREJECTED", code)
+      assert.equal("push " .. bare .. " refs/heads/main: rejected (update hook declined; remote: pre-receive passed"
+        .. " refs/heads/main is protected)", err)
+      assert.equal(old, sb.git(bare, "git rev-parse main"))
+      local here = sb.git(bare, "pwd -P")
+      assert.equal(ran("pre-receive", nil, here, old .. " " .. tip .. " refs/heads/main", old)
+        .. ran("update", "refs/heads/main " .. old .. " " .. tip, here, nil, old), T.read(bare .. "/hooks.log"))
+    end)
+
+    it("takes the hooks from core.hooksPath, relative to the repository, and skips files not executable", function()
+      local sb = sandbox()
+      local wc <close>, _, bare = setup(sb)
+      local old = wc:resolve("refs/remotes/origin/main")
+      local tip = merged(wc)
+      hook(bare .. "/hooks", "pre-receive", "exit 1\n")
+      sb.git(bare, "git config core.hooksPath custom")
+      hook(bare .. "/custom", "pre-receive", "exit 1\n", "644")
+      hook(bare .. "/custom", "post-receive")
+      assert.is_true(wc:push(bare, PUSH, { expect = old }))
+      assert.equal(tip, sb.git(bare, "git rev-parse main"))
+      local line = old .. " " .. tip .. " refs/heads/main"
+      assert.equal(ran("post-receive", nil, sb.git(bare, "pwd -P"), line, tip), T.read(bare .. "/hooks.log"))
+      -- an absolute core.hooksPath
+      sb.git(bare, "git config core.hooksPath " .. T.q(sb.root .. "/shared-hooks"))
+      hook(sb.root .. "/shared-hooks", "pre-receive", "echo \"no new branches\"\nexit 1\n")
+      local ok, err, code = wc:push(bare, { "refs/remotes/src/side:refs/heads/side" }, { expect = "" })
+      assert.is_nil(ok)
+      assert.equal("EREJECTED", code)
+      assert.matches("rejected %(pre%-receive hook declined; remote: no new branches%)$", err)
+      assert.equal("", sb.git(bare, "git for-each-ref refs/heads/side"))
+    end)
+
+    it("kills a hook that hangs at the timeout ($MOONOPS_GIT_HOOK_TIMEOUT) with what it started", function()
+      local sb = sandbox()
+      local wc <close>, _, bare = setup(sb)
+      local old = wc:resolve("refs/remotes/origin/main")
+      local tip = merged(wc)
+      -- in a moonops process of its own, whose environment sets the timeout
+      local function push()
+        local script = sb.root .. "/push.lua"
+        T.write(script, string.format([[
+local git = require "moonops.git"
+local json = require "moonops.json"
+local proc = require "moonops.proc"
+local wc <close> = assert(git.open(%q))
+local t0 = proc.monotonic()
+local ok, err, code = wc:push(%q, { "refs/moonops/promote/main:refs/heads/main" })
+print(json.encode({ ok = ok or false, err = err, code = code, seconds = proc.monotonic() - t0 }))
+]], sb.root .. "/wc", bare))
+        local r = T.moonops({ "lua", script }, { env = { MOONOPS_GIT_HOOK_TIMEOUT = "1" } })
+        assert.equal(0, r.code, r.stderr)
+        return json.decode(r.stdout)
+      end
+      local function gone(name)
+        for _, f in ipairs({ name .. ".pid", name .. "-sleep.pid" }) do
+          local pid = assert(tonumber(T.read(bare .. "/" .. f)))
+          assert.is_truthy(T.wait_for(function() return not T.alive(pid) end, 5), f)
+        end
+      end
+      local hang = "echo $$ > %s.pid\nsleep 300 &\necho $! > %s-sleep.pid\necho 'waiting for approval'\nwait\n"
+      hook(bare .. "/hooks", "pre-receive", hang:format("pre-receive", "pre-receive"))
+      local out = push()
+      assert.is_false(out.ok)
+      assert.equal("EREJECTED", out.code)
+      assert.equal("push " .. bare .. " refs/heads/main: rejected (pre-receive hook timed out after 1 s and was killed;"
+        .. " remote: waiting for approval)", out.err)
+      assert.is_true(out.seconds >= 1 and out.seconds < 10, tostring(out.seconds))
+      assert.equal(old, sb.git(bare, "git rev-parse main"))
+      gone("pre-receive")
+      -- after the ref moved, a hook's outcome does not change the push's (as git)
+      os.remove(bare .. "/hooks/pre-receive")
+      hook(bare .. "/hooks", "post-receive", hang:format("post-receive", "post-receive"))
+      out = push()
+      assert.is_true(out.ok, out.err)
+      assert.is_true(out.seconds >= 1 and out.seconds < 10, tostring(out.seconds))
+      assert.equal(tip, sb.git(bare, "git rev-parse main"))
+      gone("post-receive")
+    end)
   end)
 
   describe("remotes over git daemon", function()
