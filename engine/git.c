@@ -2356,6 +2356,10 @@ static int run_hook(hooks_ctx *h, const char *name, const char *const *args, con
   }
   int fds[3] = {in_pipe[0], out_pipe[1], out_pipe[1]};
   err = mo_proc_spawn(&pid, file, argv, h->env, h->repo, fds, &slot);
+  if (err == ENOEXEC) { /* a script without "#!": git runs it with sh, as execvp does */
+    char *sh_argv[6] = {"/bin/sh", file, argv[1], argv[2], argv[3], NULL};
+    err = mo_proc_spawn(&pid, "/bin/sh", sh_argv, h->env, h->repo, fds, &slot);
+  }
   close(out_pipe[1]);
   out_pipe[1] = -1;
   if (err) {

@@ -757,7 +757,8 @@ describe("moonops.git", function()
         .. ran("update", "refs/heads/main " .. old .. " " .. tip, here, nil, old), T.read(bare .. "/hooks.log"))
     end)
 
-    it("takes the hooks from core.hooksPath, relative to the repository, and skips files not executable", function()
+    it("takes hooks from core.hooksPath (relative to the repository), skips files not executable, runs a script without #!",
+      function()
       local sb = sandbox()
       local wc <close>, _, bare = setup(sb)
       local old = wc:resolve("refs/remotes/origin/main")
@@ -766,6 +767,9 @@ describe("moonops.git", function()
       sb.git(bare, "git config core.hooksPath custom")
       hook(bare .. "/custom", "pre-receive", "exit 1\n", "644")
       hook(bare .. "/custom", "post-receive")
+      -- a script without "#!" runs with sh, as git runs it
+      local script = bare .. "/custom/post-receive"
+      T.write(script, (T.read(script):gsub("^#![^\n]*\n", "")))
       assert.is_true(wc:push(bare, PUSH, { expect = old }))
       assert.equal(tip, sb.git(bare, "git rev-parse main"))
       local line = old .. " " .. tip .. " refs/heads/main"
