@@ -1537,7 +1537,9 @@ static int edit_insert(builder *b, const char *orig, size_t bom, int key, int va
     newline = 1; /* the text ends mid-line */
   drain(b);
   luaL_Buffer ins;
-  if (!push_scalar_text(L, value, YAML_PLAIN_SCALAR_STYLE))
+  if (!push_scalar_text(L, value,
+                        lua_toboolean(L, 8) ? YAML_DOUBLE_QUOTED_SCALAR_STYLE
+                                            : YAML_PLAIN_SCALAR_STYLE))
     edit_fail(b, "the value is not valid UTF-8");
   if (!push_scalar_text(L, key, YAML_PLAIN_SCALAR_STYLE))
     edit_fail(b, "the key is not valid UTF-8");
@@ -1556,7 +1558,8 @@ static int edit_insert(builder *b, const char *orig, size_t bom, int key, int va
   return 1;
 }
 
-/* Protected part of edit: (loader, text, path, value, opts, pathname, name) -> text */
+/* Protected part of edit: (loader, text, path, value, opts, pathname, name, quote) -> text;
+ * quote: write a string value double-quoted whatever the style of the old one. */
 static int edit_protected(lua_State *L) {
   yaml_loader *ld = luaL_checkudata(L, 1, LOADER_T);
   size_t len;
@@ -1664,6 +1667,7 @@ static int edit_protected(lua_State *L) {
   if (empty && start == end && !after_indicator)
     edit_fail(&b, "the value is empty and has no ':' or '-' to write it after");
   drain(&b);
+  if (lua_toboolean(L, 8)) style = YAML_DOUBLE_QUOTED_SCALAR_STYLE; /* the second try */
   if (!push_scalar_text(L, 4, style)) edit_fail(&b, "the value is not valid UTF-8");
   if (anchor_len > 0) {
     lua_pushlstring(L, text + anchor, anchor_len);
@@ -1680,6 +1684,37 @@ static int edit_protected(lua_State *L) {
   }
   push_spliced(L, orig, bom, start, end, len, lua_gettop(L));
   return 1;
+}
+
+/* Whether the text at `tidx` loads with the value at `vidx` under the path at `pidx`. */
+static int edit_took(lua_State *L, int tidx, int pidx, int vidx) {
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, yaml_load);
+  lua_pushvalue(L, tidx);
+  int ok = lua_pcall(L, 1, 1, 0) == LUA_OK;
+  lua_Integer np = (lua_Integer)lua_rawlen(L, pidx);
+  for (lua_Integer i = 1; ok && i <= np; i++) {
+    if (!lua_istable(L, -1)) {
+      ok = 0;
+      break;
+    }
+    lua_rawgeti(L, pidx, i);
+    lua_rawget(L, -2);
+    lua_remove(L, -2);
+  }
+  if (ok) ok = is_null(L, vidx) ? is_null(L, -1) : lua_rawequal(L, -1, vidx);
+  lua_settop(L, top);
+  return ok;
+}
+
+/* One try of edit_protected: the new text, or the error message, on the stack; LUA_OK or not. */
+static int edit_try(lua_State *L, int quote) {
+  lua_pushcfunction(L, edit_protected);
+  lua_pushvalue(L, 7);
+  for (int i = 1; i <= 6; i++)
+    lua_pushvalue(L, i); /* text, path, value, opts, the path as text, name */
+  lua_pushboolean(L, quote);
+  return lua_pcall(L, 8, 1, 0);
 }
 
 /* yaml.edit(text, path, value [, opts]) -> new text | nil, err
@@ -1708,15 +1743,21 @@ static int yaml_edit(lua_State *L) {
   const char *name = lua_istable(L, 4) ? mo_optfield_string(L, 4, "name", "<string>") : "<string>";
   lua_pushstring(L, name); /* 6 */
   new_loader(L);           /* 7 */
-  lua_pushcfunction(L, edit_protected);
-  lua_pushvalue(L, 7);
-  lua_pushvalue(L, 1);
-  lua_pushvalue(L, 2);
-  lua_pushvalue(L, 3);
-  lua_pushvalue(L, 4);
-  lua_pushvalue(L, 5);
-  lua_pushvalue(L, 6);
-  int rc = lua_pcall(L, 7, 1, 0);
+  /* The new text must load with the value in place: a plain value can run into what
+   * follows it (an empty value before a line break, say); then it goes double-quoted. */
+  int rc = edit_try(L, 0);
+  if (rc == LUA_OK && !edit_took(L, lua_gettop(L), 2, 3)) {
+    lua_pop(L, 1);
+    rc = edit_try(L, 1);
+    if (rc == LUA_OK && !edit_took(L, lua_gettop(L), 2, 3)) {
+      lua_pop(L, 1);
+      lua_pushfstring(L,
+                      "yaml.edit %s: the value cannot be written there without changing what "
+                      "the text means",
+                      lua_tostring(L, 5));
+      rc = LUA_ERRRUN;
+    }
+  }
   lua_pushcfunction(L, loader_close);
   lua_pushvalue(L, 7);
   lua_call(L, 1, 0);

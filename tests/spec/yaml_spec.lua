@@ -594,6 +594,18 @@ one:
       assert.equal("a:\n- x\n- v\n", assert(yaml.edit("a:\n- x\n-\n", { "a", 2 }, "v")))
     end)
 
+    it("quotes a value that would run into what follows it, or refuses when quoting would change it", function()
+      -- an empty tagged value, a line break, then a byte order mark at the start of the next
+      -- line (skipped there as white space): written plain, the value would go on over the
+      -- line break and take the mark in
+      local src = "[!e~2\r\239\187\191]"
+      assert.equal("[\"fuzz value\"\r\239\187\191]", assert(yaml.edit(src, { 1 }, "fuzz value")))
+      local out, err = yaml.edit(src, { 1 }, true) -- "true" quoted would be a string
+      assert.is_nil(out)
+      assert.equal("yaml.edit 1: the value cannot be written there without changing what the text means", err)
+      assert.equal("[x2, y]", assert(yaml.edit("[x, y]", { 1 }, "x2"))) -- no quotes where plain is safe
+    end)
+
     it("keeps a byte order mark", function()
       local out = assert(yaml.edit("\239\187\191a: b\n", { "a" }, "ü"))
       assert.equal("\239\187\191a: ü\n", out)
