@@ -1709,6 +1709,9 @@ static int edit_took(lua_State *L, int tidx, int pidx, int vidx) {
 
 /* One try of edit_protected: the new text, or the error message, on the stack; LUA_OK or not. */
 static int edit_try(lua_State *L, int quote) {
+  lua_pushcfunction(L, loader_close); /* what an earlier try left */
+  lua_pushvalue(L, 7);
+  lua_call(L, 1, 0);
   lua_pushcfunction(L, edit_protected);
   lua_pushvalue(L, 7);
   for (int i = 1; i <= 6; i++)
