@@ -194,9 +194,9 @@ typedef struct {
   int has_expect;
   struct wire_push *wire; /* a push over the network done here, or NULL */
   git_oid expect;
-  char failure[1024];  /* our reason when a callback aborted */
-  char rejected[1024]; /* "<ref>: <status>" of the first rejected ref */
-  char remote_msg[512];
+  char failure[1024];    /* our reason when a callback aborted */
+  char rejected[1024];   /* "<ref>: <status>" of the first rejected ref */
+  char remote_msg[1536]; /* what the server (or a local hook) printed */
 } netctx;
 
 typedef struct {
@@ -3101,7 +3101,7 @@ static int repo_push(lua_State *L) {
     return fail_with(L, rc, n.token, "rejected (non-fast-forward)", "EREJECTED", "push %s", target);
   if (rc < 0) return fail_net(L, rc, &n, "push", target);
   if (n.rejected[0]) {
-    char reason[1600];
+    char reason[2600];
     size_t m = strlen(n.remote_msg);
     while (m > 0 && (n.remote_msg[m - 1] == '\n' || n.remote_msg[m - 1] == '\r' ||
                      n.remote_msg[m - 1] == ' '))
