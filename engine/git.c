@@ -2166,6 +2166,15 @@ done:
 
 #define PUSH_UNSUPPORTED 1
 
+/* Whether `spec` is "src:refs/..." (not forced, not a deletion); *dst is then its target. */
+static int plain_refspec(const char *spec, const char **dst) {
+  const char *colon = strchr(spec, ':');
+  if (spec[0] == '+' || colon == NULL || colon == spec || strncmp(colon + 1, "refs/", 5) != 0)
+    return 0;
+  *dst = colon + 1;
+  return 1;
+}
+
 /*
  * Before a push moves `dst` from `cur` to `tip`: 1 to go ahead (*ours is the working copy's
  * object store), 0 when it is up to date, or an error: GIT_EUSER when `dst` is not where the
@@ -2462,11 +2471,9 @@ static void later_hook(hooks_ctx *h, const char *name, const char *const *args, 
  * a symbolic target ref, anything that is not a commit).
  */
 static int push_local(git_repository *repo, const char *path, const char *spec, netctx *n) {
-  const char *colon = strchr(spec, ':');
-  if (spec[0] == '+' || colon == NULL || colon == spec || strncmp(colon + 1, "refs/", 5) != 0)
-    return PUSH_UNSUPPORTED;
-  const char *dst = colon + 1;
-  char *src = strndup(spec, (size_t)(colon - spec));
+  const char *dst;
+  if (!plain_refspec(spec, &dst)) return PUSH_UNSUPPORTED;
+  char *src = strndup(spec, (size_t)(dst - 1 - spec));
   git_repository *target = NULL;
   git_reference *ref = NULL, *moved = NULL;
   git_object *obj = NULL;
@@ -2971,11 +2978,9 @@ static int plan_remote(push_plan *p, git_repository *repo, const git_oid *tip,
  */
 static int push_wire(git_repository *repo, git_remote *remote, const char *url, int kind,
                      const char *spec, netctx *n) {
-  const char *colon = strchr(spec, ':');
-  if (spec[0] == '+' || colon == NULL || colon == spec || strncmp(colon + 1, "refs/", 5) != 0)
-    return PUSH_UNSUPPORTED;
-  const char *dst = colon + 1;
-  char *src = strndup(spec, (size_t)(colon - spec));
+  const char *dst;
+  if (!plain_refspec(spec, &dst)) return PUSH_UNSUPPORTED;
+  char *src = strndup(spec, (size_t)(dst - 1 - spec));
   git_object *obj = NULL;
   git_smart_subtransport_stream *st = NULL;
   push_plan plan;
