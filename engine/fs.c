@@ -556,6 +556,15 @@ typedef struct {
   size_t len, cap;
 } glob_entries;
 
+/* The entry at *off (then past it), its d_type in *type; NULL after the last. */
+static const char *glob_next(const glob_entries *e, size_t *off, unsigned char *type) {
+  if (*off >= e->len) return NULL;
+  *type = (unsigned char)e->buf[*off];
+  const char *name = e->buf + *off + 1;
+  *off += strlen(name) + 2;
+  return name;
+}
+
 /*
  * Read the directory at path[0..len) into e (closed before returning); 0, or -1 with
  * the failure recorded. A directory that is gone or is not one gives no entries.
@@ -614,10 +623,9 @@ static int glob_tree(glob_walk *g, size_t next, size_t len) {
   if (glob_match(g, next, len) < 0) return -1;
   glob_entries e = {NULL, 0, 0};
   int rc = glob_list(g, len, &e);
-  for (size_t off = 0; rc == 0 && off < e.len;) {
-    unsigned char type = (unsigned char)e.buf[off];
-    const char *name = e.buf + off + 1;
-    off += strlen(name) + 2;
+  unsigned char type;
+  const char *name;
+  for (size_t off = 0; rc == 0 && (name = glob_next(&e, &off, &type)) != NULL;) {
     if (type != DT_DIR) continue; /* symbolic links are not followed */
     size_t n = glob_join(g, len, name);
     rc = n ? glob_tree(g, next, n) : glob_fail(g, "list", ENAMETOOLONG);
@@ -642,10 +650,9 @@ static int glob_match(glob_walk *g, size_t idx, size_t len) {
   }
   glob_entries e = {NULL, 0, 0};
   int rc = glob_list(g, len, &e);
-  for (size_t off = 0; rc == 0 && off < e.len;) {
-    unsigned char type = (unsigned char)e.buf[off];
-    const char *name = e.buf + off + 1;
-    off += strlen(name) + 2;
+  unsigned char type;
+  const char *name;
+  for (size_t off = 0; rc == 0 && (name = glob_next(&e, &off, &type)) != NULL;) {
     if (fnmatch(part, name, FNM_NOESCAPE) != 0) continue;
     size_t n = glob_join(g, len, name);
     if (n == 0) {
